@@ -1,0 +1,1 @@
+"""System tests: a real systemd 252 booted in systemd-nspawn (see nspawn.py)."""
