@@ -1,0 +1,156 @@
+"""The Messages API boundary. The only module that imports `anthropic`, and lazily, so
+the intake handlers never pay for it. SDK exceptions become `ApiError` here.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from relay.errors import ApiError
+from relay.prices import Usage
+
+CREDIT_TEXT = "credit balance is too low"
+MAX_RETRY_AFTER_S = 3600.0
+
+
+@dataclass(frozen=True)
+class ApiReply:
+    text: str
+    usage: Usage
+    model: str
+    stop_reason: str | None
+    request_id: str | None
+
+
+class MessagesApi(Protocol):
+    def create(
+        self,
+        *,
+        model: str,
+        max_tokens: int,
+        system: list[dict[str, Any]],
+        messages: list[dict[str, Any]],
+    ) -> ApiReply: ...
+
+
+class AnthropicApi:
+    """The real SDK. We own retries (max_retries=0): a server `retry-after` of an hour
+    must not block the service's loop, and our backoff keeps the watchdog fed."""
+
+    def __init__(self, api_key: str, base_url: str | None, timeout_s: float) -> None:
+        import anthropic
+
+        self._anthropic = anthropic
+        self._client = anthropic.Anthropic(
+            api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0
+        )
+
+    def create(
+        self,
+        *,
+        model: str,
+        max_tokens: int,
+        system: list[dict[str, Any]],
+        messages: list[dict[str, Any]],
+    ) -> ApiReply:
+        anthropic = self._anthropic
+        try:
+            message = self._client.messages.create(
+                model=model,
+                max_tokens=max_tokens,
+                system=system,  # type: ignore[arg-type]
+                messages=messages,  # type: ignore[arg-type]
+            )
+        except anthropic.APIStatusError as exc:
+            raise translate_status(
+                exc.status_code,
+                _error_text(exc),
+                exc.response.headers,
+                getattr(exc, "request_id", None),
+            ) from exc
+        except anthropic.APITimeoutError as exc:
+            raise ApiError("the API call timed out", transient=True) from exc
+        except anthropic.APIConnectionError as exc:
+            raise ApiError(f"cannot reach the API: {exc}", transient=True) from exc
+        except anthropic.AnthropicError as exc:
+            raise ApiError(f"API client error: {exc}", transient=False) from exc
+        # Unknown block types arrive as objects without text; keep only real text blocks.
+        texts = [
+            getattr(block, "text", None)
+            for block in message.content
+            if getattr(block, "type", None) == "text"
+        ]
+        text = "".join(t for t in texts if isinstance(t, str))
+        return ApiReply(
+            text=text,
+            usage=Usage.from_api(message.usage),
+            model=message.model,
+            stop_reason=message.stop_reason,
+            request_id=getattr(message, "_request_id", None),
+        )
+
+
+def _error_text(exc: Any) -> str:
+    message = getattr(exc, "api_message", None) or getattr(exc, "message", None) or str(exc)
+    kind = getattr(exc, "type", None)
+    return f"{kind}: {message}" if kind else str(message)
+
+
+def translate_status(
+    status: int, text: str, headers: Any, request_id: str | None = None
+) -> ApiError:
+    """Given an HTTP error from the API, return the ApiError that says what to do about it."""
+    suffix = f" (request {request_id})" if request_id else ""
+    if status == 400 and CREDIT_TEXT in text.lower():
+        return ApiError(
+            f"credit balance too low: add credits, then relay resumes{suffix}", transient=False
+        )
+    if status == 401:
+        return ApiError(f"the API key was rejected (401){suffix}", transient=False)
+    if status == 402:
+        return ApiError(f"billing problem (402): {text}{suffix}", transient=False)
+    if status == 403:
+        return ApiError(f"permission denied (403): {text}{suffix}", transient=False)
+    retryable = status in (408, 409, 429) or status >= 500
+    should_retry = _header(headers, "x-should-retry")
+    if should_retry in ("true", "false"):
+        retryable = should_retry == "true"
+    return ApiError(
+        f"HTTP {status}: {text}{suffix}",
+        transient=retryable,
+        retry_after=retry_after(headers) if retryable else None,
+    )
+
+
+def _header(headers: Any, name: str) -> str | None:
+    try:
+        value = headers.get(name)
+    except AttributeError:
+        return None
+    return str(value).strip().lower() if value is not None else None
+
+
+def retry_after(headers: Any, now: float | None = None) -> float | None:
+    """Seconds the server asked us to wait (`retry-after-ms`, or `retry-after` in seconds
+    or as an HTTP date), capped so a bad header cannot park relay for days."""
+    ms = _header(headers, "retry-after-ms")
+    if ms:
+        try:
+            return min(max(float(ms) / 1000.0, 0.0), MAX_RETRY_AFTER_S)
+        except ValueError:
+            pass
+    value = _header(headers, "retry-after")
+    if not value:
+        return None
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER_S)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return min(max(when - (time.time() if now is None else now), 0.0), MAX_RETRY_AFTER_S)

@@ -1,0 +1,275 @@
+"""The command line (ARCHITECTURE ⚑ Command line). The only place that exits the process.
+
+Exit codes: 0 ok, 2 usage or configuration error (one line, no traceback), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import secrets
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from relay import __version__, fsutil
+from relay import log as relay_log
+from relay.config import Config, config_path, load_config
+from relay.errors import RelayError, UsageError
+from relay.layout import Layout
+
+log = logging.getLogger("relay.cli")
+
+REPLY_WAIT_S = 10.0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="configuration file (default: $RELAY_CONFIG or /etc/relay/config.yaml)",
+    )
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+
+    parser = _Parser(
+        prog="relay",
+        parents=[common],
+        description="Carry messages between Claude Code sessions and a "
+        "coordinating Claude conversation.",
+    )
+    parser.add_argument("--version", action="version", version=f"relay {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    sub.add_parser("run", parents=[common], help="everything in one foreground process")
+    sub.add_parser("serve", parents=[common], help="the conversation service (systemd unit)")
+    status = sub.add_parser("status", parents=[common], help="show state, pending, cost")
+    status.add_argument("--json", action="store_true", help="print status.json as JSON")
+    sub.add_parser("topic", parents=[common], help="print the ntfy topic and subscribe URL")
+    submit = sub.add_parser("submit", parents=[common], help="queue an envelope atomically")
+    submit.add_argument("--session", required=True, help="the sending session id")
+    submit.add_argument("--id", dest="envelope_id", help="unique id: resubmitting it is a no-op")
+    submit.add_argument("file", nargs="?", default="-", help="content file, or - for stdin")
+    reply = sub.add_parser("reply", parents=[common], help="write operator input atomically")
+    reply.add_argument(
+        "text",
+        nargs="?",
+        default="-",
+        help="the text ('@session-N: ...' goes straight to that session), or - for stdin",
+    )
+    intake_p = sub.add_parser("intake", parents=[common], help="what the path units run")
+    intake_p.add_argument("what", choices=["queue", "jc"])
+    alert = sub.add_parser("alert", parents=[common], help="push an ntfy alert that UNIT failed")
+    alert.add_argument("unit")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(args_list)
+        return dispatch(args)
+    except UsageError as exc:
+        print(f"relay: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except RelayError as exc:
+        print(f"relay: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(config_path(getattr(args, "config", None), os.environ))
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    verbose = bool(getattr(args, "verbose", False))
+    command = args.command
+    if command in ("run", "serve"):
+        return _serve(args, with_intake=command == "run", verbose=verbose)
+    config = _config(args)
+    if command == "intake":
+        relay_log.setup(f"relay-{'queue' if args.what == 'queue' else 'jc'}", verbose=verbose)
+        return _intake(config, args.what)
+    if command == "status":
+        return _status(config, as_json=args.json)
+    if command == "topic":
+        return _topic(config)
+    if command == "submit":
+        return _submit(config, args.session, args.file, args.envelope_id)
+    if command == "reply":
+        return _reply(config, args.text)
+    if command == "alert":
+        relay_log.setup("relay-alert", verbose=verbose)
+        return _alert(config, args.unit)
+    raise UsageError(f"unknown command {command!r}")
+
+
+def _serve(args: argparse.Namespace, *, with_intake: bool, verbose: bool) -> int:
+    relay_log.setup("relay-conversation" if not with_intake else "relay", verbose=verbose)
+    config = _config(args)
+    from relay.service import Service, install_signal_handlers
+
+    service = Service(config, with_intake=with_intake)
+    install_signal_handlers(service)
+    return service.run()
+
+
+def _intake(config: Config, what: str) -> int:
+    from relay import intake
+
+    layout = Layout(config.data_dir)
+    if what == "queue":
+        result = intake.drain_queue(config, layout)
+    else:
+        result = intake.drain_operator(layout)
+    # One summary line on stdout: stream logging keeps the unit name even if the process
+    # exits before journald reads it (notes/systemd.md §3.2).
+    print(f"intake {what}: {len(result.accepted)} accepted, {len(result.rejected)} rejected")
+    return 0
+
+
+def _status(config: Config, *, as_json: bool) -> int:
+    from relay import status as status_file
+
+    layout = Layout(config.data_dir)
+    try:
+        current = status_file.read(layout.status)
+    except FileNotFoundError:
+        raise RelayError(
+            f"no status yet: {layout.status} does not exist "
+            "(has relay run with this configuration?)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise RelayError(f"cannot read {layout.status}: {exc}") from exc
+    health = status_file.unit_health()
+    if as_json:
+        if health is not None:
+            current["units"] = health
+        print(json.dumps(current, indent=2, sort_keys=True, ensure_ascii=False))
+    else:
+        print(status_file.format_status(current, health))
+    return 0
+
+
+def _topic(config: Config) -> int:
+    from relay.topic import resolve_topic, subscribe_url
+
+    topic = resolve_topic(config, Layout(config.data_dir))
+    assert topic is not None
+    print(f"topic:     {topic}")
+    print(f"subscribe: {subscribe_url(config, topic)}")
+    if config.ntfy.server is None:
+        print("note:      ntfy.server is null in the config, so no pushes are sent")
+    return 0
+
+
+def _read_input(source: str, what: str) -> str:
+    try:
+        data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} from {source}: {exc.strerror}") from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{what} is not valid UTF-8") from None
+
+
+def _submit(config: Config, session: str, source: str, envelope_id: str | None) -> int:
+    from relay.envelope import Envelope, encode_envelope
+    from relay.ledger import iso, utc_now
+
+    if session not in config.sessions:
+        raise UsageError(
+            f"unknown session {session!r}: configured sessions are {', '.join(config.sessions)}"
+        )
+    content = _read_input(source, "content")
+    if not content.strip():
+        raise UsageError("refusing to submit empty content")
+    data = encode_envelope(Envelope(session, content, iso(utc_now()), envelope_id))
+    if len(data) > config.max_envelope_bytes:
+        raise UsageError(
+            f"envelope is {len(data)} bytes; the limit is "
+            f"{config.max_envelope_bytes} (max_envelope_bytes)"
+        )
+    queue = Layout(config.data_dir).queue
+    if not queue.is_dir():
+        raise RelayError(f"{queue} does not exist: is relay installed and data_dir right?")
+    name = f"{time.strftime('%Y%m%dT%H%M%S')}-{session}-{secrets.token_hex(4)}.json"
+    # Staged under a dot-name (ignored by intake and the path unit), then renamed in.
+    fsutil.atomic_write(queue / name, data, 0o640)
+    print(queue / name)
+    return 0
+
+
+def _reply(config: Config, text: str) -> int:
+    body = _read_input(text, "reply") if text == "-" else text
+    if not body.strip():
+        raise UsageError("refusing to send an empty reply")
+    layout = Layout(config.data_dir)
+    if not layout.state.is_dir():
+        raise RelayError(f"{layout.state} does not exist: is relay installed and data_dir right?")
+    tmp = layout.state / f".jc_input.{os.getpid()}.tmp"
+    fsutil.atomic_write(tmp, body.encode("utf-8"), 0o644)
+    try:
+        # link() never replaces: an earlier reply not yet consumed is not overwritten.
+        deadline = time.monotonic() + REPLY_WAIT_S
+        while True:
+            try:
+                os.link(tmp, layout.jc_input)
+                break
+            except FileExistsError:
+                if time.monotonic() > deadline:
+                    raise RelayError(
+                        f"{layout.jc_input} still holds an earlier reply that "
+                        "relay has not consumed; is relay running?"
+                    ) from None
+                time.sleep(0.1)
+        fsutil.fsync_dir(layout.state)
+    finally:
+        os.unlink(tmp)
+    _give_to_state_owner(layout.jc_input, layout.state)
+    return 0
+
+
+def _give_to_state_owner(path: Path, state: Path) -> None:
+    if os.geteuid() == 0:
+        st = os.stat(state)
+        with contextlib.suppress(FileNotFoundError):  # already consumed
+            os.chown(path, st.st_uid, st.st_gid)
+
+
+def _alert(config: Config, unit: str) -> int:
+    from relay.ntfy import Push, post
+    from relay.topic import resolve_topic
+
+    topic = resolve_topic(config, Layout(config.data_dir), create=False)
+    if not config.ntfy.server or not topic:
+        print(f"relay alert: {unit} failed, but ntfy is not configured", file=sys.stderr)
+        return 0
+    push = Push(
+        f"relay: {unit} failed",
+        f"{unit} failed. See: journalctl -u {unit}\nRecover with: "
+        f"systemctl reset-failed {unit} && systemctl start relay.target",
+        "urgent",
+        ("rotating_light", "relay"),
+    )
+    try:
+        post(config.ntfy.server, topic, push, config.ntfy.timeout_s)
+    except OSError as exc:
+        raise RelayError(f"could not send the alert for {unit}: {exc}") from exc
+    return 0

@@ -1,0 +1,371 @@
+"""Configuration: YAML in, one frozen `Config` out, every problem reported at once.
+
+Errors name the key path (`sessions[2]: ...`) so the operator can find them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from relay.errors import ConfigError
+from relay.prices import DEFAULT_PRICES, Price
+
+DEFAULT_CONFIG_PATH = Path("/etc/relay/config.yaml")
+
+# A session id names a directory under dispatch/, so it must be a plain, safe name.
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+DEFAULT_SYSTEM_PROMPT = """\
+You coordinate a team of Claude Code sessions working for one operator.
+Each user turn starts with a line saying who wrote it: "[from session-N]" for a
+Claude Code session, "[from operator]" for the human operator. Your reply goes back
+to whoever wrote the turn (for an operator turn: to the session that was waiting).
+Be concise and concrete: the session acts on your reply as its next instruction.
+When a decision needs the human operator, start your reply with [NEEDS-JC]
+followed by the question; nothing is sent to any session until the operator answers."""
+
+DEFAULT_SUMMARIZATION_PROMPT = """\
+Summarize the conversation so far for your own future reference: the goals, what each
+session is doing and has done, decisions made and by whom, open questions, and anything
+promised. Keep names, paths, numbers and commitments exact. Write only the summary."""
+
+
+@dataclass(frozen=True)
+class AnthropicConfig:
+    base_url: str | None = None
+    timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class NtfyConfig:
+    server: str | None = "https://ntfy.sh"
+    topic: str | None = None
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class Config:
+    sessions: tuple[str, ...]
+    model: str = "claude-opus-4-7"
+    max_tokens: int = 4096
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    summarization_prompt: str = DEFAULT_SUMMARIZATION_PROMPT
+    history_char_cap: int = 400_000
+    keep_recent_turns: int = 10
+    needs_jc_marker: str = "[NEEDS-JC]"
+    needs_jc_window: int = 200
+    data_dir: Path = Path("/var/lib/relay")
+    max_envelope_bytes: int = 256 * 1024
+    anthropic: AnthropicConfig = field(default_factory=AnthropicConfig)
+    ntfy: NtfyConfig = field(default_factory=NtfyConfig)
+    prices: Mapping[str, Price] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+    source: Path | None = None  # the file this came from, for `.env` lookup and messages
+
+
+def config_path(arg: str | None, environ: Mapping[str, str]) -> Path:
+    """`--config` wins over `RELAY_CONFIG`, which wins over /etc/relay/config.yaml."""
+    chosen = arg or environ.get("RELAY_CONFIG")
+    return Path(chosen) if chosen else DEFAULT_CONFIG_PATH
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            str(path), ["no such file (give one with --config or RELAY_CONFIG)"]
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [f"cannot read: {exc}"]) from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(str(path), [f"{where}not valid YAML ({problem})"]) from exc
+    return parse_config(raw if raw is not None else {}, source=path)
+
+
+class _Checker:
+    """Collects problems with key paths instead of stopping at the first one."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def fail(self, key: str, message: str) -> None:
+        self.problems.append(f"{key}: {message}")
+
+    def integer(self, data: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(key, f"must be an integer, got {value!r}")
+            return default
+        if value < minimum:
+            self.fail(key, f"must be at least {minimum}, got {value}")
+            return default
+        return value
+
+    def number(self, data: Mapping[str, Any], key: str, default: float, path: str) -> float:
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            self.fail(path, f"must be a positive number, got {value!r}")
+            return default
+        return float(value)
+
+    def text(
+        self, data: Mapping[str, Any], key: str, default: str | None, path: str, *, nullable: bool
+    ) -> str | None:
+        value = data.get(key, default)
+        if value is None and nullable:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            self.fail(path, f"must be a non-empty string, got {value!r}")
+            return default
+        return value
+
+    def mapping(self, data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+        value = data.get(key) or {}
+        if not isinstance(value, Mapping):
+            self.fail(key, f"must be a mapping, got {type(value).__name__}")
+            return {}
+        return value
+
+    def unknown(self, data: Mapping[str, Any], known: set[str], prefix: str = "") -> None:
+        for key in data:
+            if key not in known:
+                self.fail(f"{prefix}{key}", "unknown key")
+
+
+_TOP_KEYS = {
+    "model",
+    "max_tokens",
+    "system_prompt",
+    "system_prompt_file",
+    "summarization_prompt",
+    "history_char_cap",
+    "keep_recent_turns",
+    "needs_jc_marker",
+    "needs_jc_window",
+    "data_dir",
+    "sessions",
+    "max_envelope_bytes",
+    "anthropic",
+    "ntfy",
+    "prices",
+}
+
+
+def parse_config(raw: Any, source: Path | None = None) -> Config:
+    """Given parsed YAML, return a `Config` or raise `ConfigError` listing every problem."""
+    name = str(source) if source else "config"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(name, [f"the top level must be a mapping, got {type(raw).__name__}"])
+    check = _Checker()
+    check.unknown(raw, _TOP_KEYS)
+    base_dir = source.parent if source else Path.cwd()
+
+    model = check.text(raw, "model", Config.model, "model", nullable=False) or Config.model
+    system_prompt = _system_prompt(raw, check, base_dir)
+    summarization_prompt = (
+        check.text(
+            raw,
+            "summarization_prompt",
+            DEFAULT_SUMMARIZATION_PROMPT,
+            "summarization_prompt",
+            nullable=False,
+        )
+        or DEFAULT_SUMMARIZATION_PROMPT
+    )
+    marker = check.text(raw, "needs_jc_marker", "[NEEDS-JC]", "needs_jc_marker", nullable=False)
+    marker = marker or "[NEEDS-JC]"
+    window = check.integer(raw, "needs_jc_window", 200, 1)
+    if window < len(marker):
+        check.fail("needs_jc_window", f"must be at least the marker's length ({len(marker)})")
+
+    data_dir_raw = check.text(raw, "data_dir", "/var/lib/relay", "data_dir", nullable=False)
+    data_dir = base_dir / Path(data_dir_raw or "/var/lib/relay")
+
+    return _finish(
+        check,
+        name,
+        Config(
+            sessions=_sessions(raw, check),
+            model=model,
+            max_tokens=check.integer(raw, "max_tokens", 4096, 1),
+            system_prompt=system_prompt,
+            summarization_prompt=summarization_prompt,
+            history_char_cap=check.integer(raw, "history_char_cap", 400_000, 1000),
+            keep_recent_turns=check.integer(raw, "keep_recent_turns", 10, 0),
+            needs_jc_marker=marker,
+            needs_jc_window=window,
+            data_dir=data_dir,
+            max_envelope_bytes=check.integer(raw, "max_envelope_bytes", 256 * 1024, 64),
+            anthropic=_anthropic(raw, check),
+            ntfy=_ntfy(raw, check),
+            prices=_prices(raw, check),
+            source=source,
+        ),
+    )
+
+
+def _finish(check: _Checker, name: str, config: Config) -> Config:
+    if check.problems:
+        raise ConfigError(name, check.problems)
+    return config
+
+
+def _system_prompt(raw: Mapping[str, Any], check: _Checker, base_dir: Path) -> str:
+    if "system_prompt" in raw and "system_prompt_file" in raw:
+        check.fail("system_prompt_file", "give either system_prompt or system_prompt_file")
+    if "system_prompt_file" in raw:
+        file_name = check.text(
+            raw, "system_prompt_file", None, "system_prompt_file", nullable=False
+        )
+        if file_name:
+            try:
+                text = (base_dir / file_name).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                check.fail("system_prompt_file", f"cannot read {file_name}: {exc}")
+                return DEFAULT_SYSTEM_PROMPT
+            if not text.strip():
+                check.fail("system_prompt_file", f"{file_name} is empty")
+            return text
+    return (
+        check.text(raw, "system_prompt", DEFAULT_SYSTEM_PROMPT, "system_prompt", nullable=False)
+        or DEFAULT_SYSTEM_PROMPT
+    )
+
+
+def _sessions(raw: Mapping[str, Any], check: _Checker) -> tuple[str, ...]:
+    value = raw.get("sessions")
+    if value is None:
+        check.fail("sessions", "required: the list of session ids, e.g. [session-1, session-2]")
+        return ()
+    if not isinstance(value, list) or not value:
+        check.fail("sessions", f"must be a non-empty list, got {value!r}")
+        return ()
+    seen: set[str] = set()
+    for index, session in enumerate(value):
+        key = f"sessions[{index}]"
+        if not isinstance(session, str) or not SESSION_ID_RE.match(session):
+            check.fail(key, f"{session!r} is not a valid session id (letters, digits, . _ -)")
+        elif session in seen:
+            check.fail(key, f"{session!r} is listed twice")
+        else:
+            seen.add(session)
+    return tuple(s for s in value if isinstance(s, str))
+
+
+def _anthropic(raw: Mapping[str, Any], check: _Checker) -> AnthropicConfig:
+    section = check.mapping(raw, "anthropic")
+    check.unknown(section, {"base_url", "timeout_s"}, "anthropic.")
+    base_url = check.text(section, "base_url", None, "anthropic.base_url", nullable=True)
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        check.fail("anthropic.base_url", f"must be an http(s) URL, got {base_url!r}")
+    return AnthropicConfig(
+        base_url=base_url,
+        timeout_s=check.number(section, "timeout_s", 300.0, "anthropic.timeout_s"),
+    )
+
+
+def _ntfy(raw: Mapping[str, Any], check: _Checker) -> NtfyConfig:
+    section = check.mapping(raw, "ntfy")
+    check.unknown(section, {"server", "topic", "timeout_s"}, "ntfy.")
+    server = check.text(section, "server", "https://ntfy.sh", "ntfy.server", nullable=True)
+    if server is not None and not server.startswith(("http://", "https://")):
+        check.fail("ntfy.server", f"must be an http(s) URL or null, got {server!r}")
+    topic = check.text(section, "topic", None, "ntfy.topic", nullable=True)
+    if topic is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", topic):
+        check.fail("ntfy.topic", "must be 1-64 letters, digits, - or _ (or null to generate one)")
+    return NtfyConfig(
+        server=server.rstrip("/") if server else None,
+        topic=topic,
+        timeout_s=check.number(section, "timeout_s", 5.0, "ntfy.timeout_s"),
+    )
+
+
+_PRICE_KEYS = ("input", "output", "cache_write", "cache_write_1h", "cache_read")
+
+
+def _prices(raw: Mapping[str, Any], check: _Checker) -> dict[str, Price]:
+    table = dict(DEFAULT_PRICES)
+    section = check.mapping(raw, "prices")
+    for model, entry in section.items():
+        key = f"prices.{model}"
+        if not isinstance(entry, Mapping):
+            check.fail(key, "must be a mapping of USD per million tokens")
+            continue
+        check.unknown(entry, set(_PRICE_KEYS), f"{key}.")
+        values: dict[str, float] = {}
+        for name in _PRICE_KEYS:
+            value = entry.get(name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                check.fail(f"{key}.{name}", f"must be a number >= 0, got {value!r}")
+                continue
+            values[name] = float(value)
+        if "input" not in values or "output" not in values:
+            check.fail(key, "needs at least input and output")
+            continue
+        derive: dict[str, Callable[[float], float]] = {
+            "cache_write": lambda p: p * 1.25,
+            "cache_write_1h": lambda p: p * 2.0,
+            "cache_read": lambda p: p * 0.1,
+        }
+        for name, rule in derive.items():
+            values.setdefault(name, rule(values["input"]))
+        table[str(model)] = Price(**values)
+    return table
+
+
+def dotenv_key(config_file: Path | None) -> str | None:
+    """ANTHROPIC_API_KEY from a `.env` beside the config file (development only)."""
+    if config_file is None:
+        return None
+    try:
+        lines = (config_file.parent / ".env").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in lines:
+        name, sep, value = line.strip().removeprefix("export ").partition("=")
+        if sep and name.strip() == "ANTHROPIC_API_KEY":
+            return value.strip().strip("'\"") or None
+    return None
+
+
+def find_api_key(config: Config, environ: Mapping[str, str]) -> tuple[str | None, str]:
+    """Return (key, where it came from), or (None, what was looked at).
+
+    Order: systemd credential, environment, `.env` beside the config.
+    """
+    cred_dir = environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        try:
+            key = (Path(cred_dir) / "anthropic-api-key").read_text(encoding="utf-8").strip()
+        except OSError:
+            key = ""
+        if key:
+            return key, "credential anthropic-api-key"
+    key = environ.get("ANTHROPIC_API_KEY", "").strip()
+    if key:
+        return key, "ANTHROPIC_API_KEY"
+    key = dotenv_key(config.source) or ""
+    if key:
+        return key, ".env beside the config"
+    return None, (
+        "no API key: put it in /etc/credstore/relay.anthropic-api-key (root, 0600) and restart "
+        "relay-conversation.service, or set ANTHROPIC_API_KEY"
+    )
+
+
+def environ() -> Mapping[str, str]:
+    return os.environ

@@ -1,0 +1,77 @@
+"""Durable file operations: write temp, fsync, rename, fsync the directory.
+
+Durable means the data and the directory entry both survive a power cut, which is
+what the invariants in ARCHITECTURE.md ask for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = True) -> None:
+    """Replace `path` with `data` so readers see the old file or the new one, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        # The umask may have narrowed `mode`; clients rely on the exact bits.
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, path)
+    if durable:
+        fsync_dir(path.parent)
+
+
+def durable_rename(src: Path, dst: Path) -> None:
+    """Move `src` to `dst` (same file system) and make both directory entries durable."""
+    os.rename(src, dst)
+    fsync_dir(dst.parent)
+    if src.parent != dst.parent:
+        fsync_dir(src.parent)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unlink_durable(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    fsync_dir(path.parent)
+
+
+def makedirs(path: Path, mode: int) -> None:
+    """Create `path` (and parents) with exactly `mode`, leaving existing directories alone."""
+    if path.is_dir():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        return
+    # mkdir applies the umask (UMask=0077 under systemd); set the intended bits.
+    os.chmod(path, mode | (os.stat(path).st_mode & 0o2000))

@@ -1,0 +1,205 @@
+"""Intake: move envelopes from queue/ and the operator's jc_input.txt into the private inbox.
+
+This is what the short-lived path-activated handlers run, so it must start fast: it never
+imports `anthropic`. Each run drains everything and always consumes its trigger, so the
+path units never loop or wedge (ARCHITECTURE invariant 4).
+
+A file is first claimed by renaming it into the inbox under a dot-name (writers can no
+longer replace it), then validated, then either renamed to its final inbox name or moved
+to queue/.rejected/ with a reason. Every step is a rename, so a crash at any point leaves
+the file in exactly one place; leftover claims are finished by the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from relay import fsutil
+from relay.config import Config
+from relay.envelope import Rejected, parse_envelope
+from relay.layout import CLIENT_FILE_MODE, Layout
+from relay.log import event
+
+log = logging.getLogger(__name__)
+
+QUEUE_PREFIX = "q-"
+OPERATOR_PREFIX = "j-"  # sorts before "q-": operator input has priority over the queue
+CLAIM_PREFIX = ".claim-"
+
+
+@dataclass
+class IntakeResult:
+    accepted: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+
+
+def id_marker(layout: Layout, session: str, envelope_id: str) -> Path:
+    digest = hashlib.sha256(f"{session}\0{envelope_id}".encode()).hexdigest()[:40]
+    return layout.ids / digest
+
+
+def _queue_entries(layout: Layout) -> list[tuple[int, str]]:
+    entries: list[tuple[int, str]] = []
+    with os.scandir(layout.queue) as it:
+        for entry in it:
+            if entry.name.startswith("."):
+                continue  # writers stage dot-files and rename them into place
+            try:
+                mtime = entry.stat(follow_symlinks=False).st_mtime_ns
+            except FileNotFoundError:
+                continue
+            entries.append((mtime, entry.name))
+    entries.sort()
+    return entries
+
+
+def drain_queue(config: Config, layout: Layout) -> IntakeResult:
+    """Validate every envelope in queue/, oldest by mtime first, until the queue is empty."""
+    layout.ensure_intake()
+    result = IntakeResult()
+    _finish_stale_claims(config, layout, result)
+    # Loop: envelopes that arrive while we work are taken in the same run.
+    while entries := _queue_entries(layout):
+        for mtime, name in entries:
+            claim = layout.inbox / f"{CLAIM_PREFIX}{mtime:020d}-{name}"[:250]
+            try:
+                os.rename(layout.queue / name, claim)
+            except FileNotFoundError:
+                continue
+            _settle(config, layout, claim, name, mtime, result)
+    return result
+
+
+def _finish_stale_claims(config: Config, layout: Layout, result: IntakeResult) -> None:
+    with os.scandir(layout.inbox) as it:
+        stale = sorted(e.name for e in it if e.name.startswith(CLAIM_PREFIX))
+    for claim_name in stale:
+        if claim_name.startswith(f"{CLAIM_PREFIX}jc-"):
+            _settle_operator(layout, layout.inbox / claim_name, result)
+            continue
+        stamp, _, name = claim_name.removeprefix(CLAIM_PREFIX).partition("-")
+        mtime = int(stamp) if stamp.isdigit() else 0
+        _settle(config, layout, layout.inbox / claim_name, name, mtime, result)
+
+
+def _read_claimed(path: Path, limit: int) -> bytes:
+    """Read a claimed file without following symlinks; Rejected if it is not a regular file."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+        raise Rejected(f"not a regular file ({kind}); symlinks are never followed")
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Rejected("not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit and (chunk := os.read(fd, 65536)):
+            chunks.append(chunk)
+            size += len(chunk)
+        # The client may not have synced; make the content durable before we own it.
+        os.fsync(fd)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _settle(
+    config: Config, layout: Layout, claim: Path, name: str, mtime: int, result: IntakeResult
+) -> None:
+    try:
+        data = _read_claimed(claim, config.max_envelope_bytes)
+        envelope = parse_envelope(data, config.sessions, config.max_envelope_bytes)
+        marker = id_marker(layout, envelope.session_id, envelope.id) if envelope.id else None
+        if marker is not None and marker.exists():
+            raise Rejected(f"duplicate id {envelope.id!r}: already accepted for this session")
+    except Rejected as exc:
+        reject(layout, claim, name, str(exc))
+        result.rejected.append(name)
+        return
+    final = layout.inbox / f"{QUEUE_PREFIX}{mtime:020d}-{name}"[:250]
+    fsutil.durable_rename(claim, final)
+    if marker is not None:
+        # Written after the move: a crash in between can at worst admit one resubmission,
+        # and the engine still refuses an inbox item whose turn is already recorded.
+        fsutil.atomic_write(marker, final.name.encode(), durable=False)
+    event(
+        log,
+        "accepted",
+        "accepted %s from %s",
+        name,
+        envelope.session_id,
+        session=envelope.session_id,
+        envelope=final.name,
+    )
+    result.accepted.append(final.name)
+
+
+def reject(layout: Layout, source: Path, name: str, reason: str) -> Path:
+    """Move `source` to queue/.rejected/ under `name` (made unique) with NAME.reason beside it."""
+    fsutil.makedirs(layout.rejected, 0o2750)
+    target = layout.rejected / name
+    counter = 1
+    while (
+        target.exists() or target.is_symlink() or target.with_name(f"{target.name}.reason").exists()
+    ):
+        target = layout.rejected / f"{name}.{counter}"
+        counter += 1
+    line = reason.replace("\n", " ").strip() + "\n"
+    fsutil.atomic_write(target.with_name(f"{target.name}.reason"), line.encode(), CLIENT_FILE_MODE)
+    with contextlib.suppress(OSError):
+        if not source.is_symlink():
+            os.chmod(source, CLIENT_FILE_MODE)
+    fsutil.durable_rename(source, target)
+    event(log, "rejected", "rejected %s: %s", name, reason, envelope=name, level=logging.WARNING)
+    return target
+
+
+def drain_operator(layout: Layout) -> IntakeResult:
+    """Move state/jc_input.txt into the inbox with priority. Always consumes the file."""
+    layout.ensure_intake()
+    result = IntakeResult()
+    with os.scandir(layout.inbox) as it:
+        stale = sorted(e.name for e in it if e.name.startswith(f"{CLAIM_PREFIX}jc-"))
+    for name in stale:
+        _settle_operator(layout, layout.inbox / name, result)
+    # The operator may write again while we work; keep going until the file stays away.
+    while layout.jc_input.exists() or layout.jc_input.is_symlink():
+        claim = layout.inbox / f"{CLAIM_PREFIX}jc-{time.time_ns():020d}"
+        try:
+            os.rename(layout.jc_input, claim)
+        except FileNotFoundError:
+            break
+        _settle_operator(layout, claim, result)
+    return result
+
+
+def _settle_operator(layout: Layout, claim: Path, result: IntakeResult) -> None:
+    stamp = claim.name.removeprefix(f"{CLAIM_PREFIX}jc-")
+    name = f"jc_input-{stamp}.txt"
+    try:
+        data = _read_claimed(claim, 1024 * 1024)
+        text = data.decode("utf-8")
+    except Rejected as exc:
+        reject(layout, claim, name, str(exc))
+        result.rejected.append(name)
+        return
+    except UnicodeDecodeError as exc:
+        reject(layout, claim, name, f"not valid UTF-8 (byte {exc.start})")
+        result.rejected.append(name)
+        return
+    if not text.strip():
+        fsutil.unlink_durable(claim)
+        event(log, "ignored", "operator input was empty; ignored", level=logging.WARNING)
+        return
+    final = layout.inbox / f"{OPERATOR_PREFIX}{stamp}.txt"
+    fsutil.durable_rename(claim, final)
+    event(log, "operator_input", "operator input accepted", envelope=final.name)
+    result.accepted.append(final.name)

@@ -1,0 +1,106 @@
+"""Where everything lives under the data root (ARCHITECTURE ⚑ Files and directories)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from relay import fsutil
+
+# Modes match packaging/tmpfiles.d/relay.conf; the code only applies them to directories
+# it has to create itself (development, containers without tmpfiles).
+ROOT_MODE = 0o750
+QUEUE_MODE = 0o3770
+REJECTED_MODE = 0o2750
+DISPATCH_MODE = 0o2750
+SESSION_DIR_MODE = 0o2770
+STATE_MODE = 0o700
+PRIVATE_MODE = 0o700
+
+CLIENT_FILE_MODE = 0o640  # input.txt and rejected envelopes: clients read them
+PRIVATE_FILE_MODE = 0o600
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def queue(self) -> Path:
+        return self.root / "queue"
+
+    @property
+    def rejected(self) -> Path:
+        return self.queue / ".rejected"
+
+    @property
+    def dispatch(self) -> Path:
+        return self.root / "dispatch"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def inbox(self) -> Path:
+        return self.state / "inbox"
+
+    @property
+    def ids(self) -> Path:
+        return self.state / "ids"
+
+    @property
+    def history(self) -> Path:
+        return self.state / "history.jsonl"
+
+    @property
+    def archive(self) -> Path:
+        return self.state / "archive"
+
+    @property
+    def ledger(self) -> Path:
+        return self.state / "ledger.jsonl"
+
+    @property
+    def status(self) -> Path:
+        return self.state / "status.json"
+
+    @property
+    def jc_input(self) -> Path:
+        return self.state / "jc_input.txt"
+
+    @property
+    def lock(self) -> Path:
+        return self.state / "lock"
+
+    @property
+    def topic(self) -> Path:
+        return self.state / "ntfy-topic"
+
+    def session_dir(self, session: str) -> Path:
+        return self.dispatch / session
+
+    def input_file(self, session: str) -> Path:
+        return self.dispatch / session / "input.txt"
+
+    def pending_dir(self, session: str) -> Path:
+        # Replies waiting for the session live beside input.txt so that delivering one
+        # is a single rename: the reply is either pending or delivered, never both.
+        return self.dispatch / session / ".pending"
+
+    def ensure_intake(self) -> None:
+        """The directories the intake handlers write to."""
+        fsutil.makedirs(self.root, ROOT_MODE)
+        fsutil.makedirs(self.queue, QUEUE_MODE)
+        fsutil.makedirs(self.rejected, REJECTED_MODE)
+        fsutil.makedirs(self.state, STATE_MODE)
+        fsutil.makedirs(self.inbox, PRIVATE_MODE)
+        fsutil.makedirs(self.ids, PRIVATE_MODE)
+
+    def ensure_all(self, sessions: tuple[str, ...]) -> None:
+        self.ensure_intake()
+        fsutil.makedirs(self.dispatch, DISPATCH_MODE)
+        fsutil.makedirs(self.archive, PRIVATE_MODE)
+        for session in sessions:
+            fsutil.makedirs(self.session_dir(session), SESSION_DIR_MODE)
+            fsutil.makedirs(self.pending_dir(session), PRIVATE_MODE)

@@ -1,0 +1,83 @@
+"""Dispatch: per-session FIFO of replies and their delivery to dispatch/<session>/input.txt.
+
+A pending reply is a file in dispatch/<session>/.pending/ named by its sequence number and
+key. Delivering it is one rename to input.txt, done only while input.txt is absent, so a
+reply is pending or delivered and never both, even across SIGKILL (invariant 2). Only the
+conversation process writes here, under its lock, so "absent, then rename" cannot race.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from relay import fsutil
+from relay.layout import CLIENT_FILE_MODE, Layout
+from relay.log import event
+
+log = logging.getLogger(__name__)
+
+
+def pending_name(seq: int, key: str) -> str:
+    return f"{seq:012d}-{key}"[:240] + ".txt"
+
+
+def find_pending(layout: Layout, session: str, key: str) -> Path | None:
+    directory = layout.pending_dir(session)
+    suffix = f"-{key}"[:229]
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return None
+    for name in names:
+        if name.endswith(".txt") and name[:-4].endswith(suffix):
+            return directory / name
+    return None
+
+
+def enqueue(layout: Layout, session: str, key: str, text: str) -> Path:
+    """Make `text` the newest pending reply for `session` (idempotent per key).
+
+    The sequence number only orders the replies still pending, so one more than the
+    highest pending one is enough.
+    """
+    existing = find_pending(layout, session, key)
+    if existing is not None:
+        return existing
+    fsutil.makedirs(layout.pending_dir(session), 0o700)
+    names = pending(layout, session)
+    seq = int(names[-1][:12]) + 1 if names else 1
+    path = layout.pending_dir(session) / pending_name(seq, key)
+    fsutil.atomic_write(path, text.encode("utf-8"), CLIENT_FILE_MODE)
+    return path
+
+
+def pending(layout: Layout, session: str) -> list[str]:
+    try:
+        names = os.listdir(layout.pending_dir(session))
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n.endswith(".txt") and not n.startswith("."))
+
+
+def deliver(layout: Layout, session: str) -> str | None:
+    """If the session has consumed its input, hand it the oldest pending reply.
+
+    Returns the delivered file's name, or None when nothing moved.
+    """
+    target = layout.input_file(session)
+    if target.exists() or target.is_symlink():
+        return None
+    names = pending(layout, session)
+    if not names:
+        return None
+    source = layout.pending_dir(session) / names[0]
+    os.rename(source, target)
+    fsutil.fsync_dir(target.parent)
+    fsutil.fsync_dir(source.parent)
+    key = names[0][13:-4]
+    event(
+        log, "dispatched", "dispatched reply %s to %s", key, session, session=session, envelope=key
+    )
+    return names[0]

@@ -1,0 +1,158 @@
+"""The long-running loop: `relay serve` (under systemd) and `relay run` (foreground).
+
+Event-driven with inotify, never polling: it wakes when the inbox gains an item, when a
+session deletes its input.txt, when the API call finishes (a pipe), on a signal, or when
+the watchdog or a backoff timer is due. `run` also does the intake handlers' work, so
+one process covers everything with the same code paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import select
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping
+from types import FrameType
+
+from inotify_simple import INotify
+from inotify_simple import flags as in_flags
+
+from relay import intake, systemd
+from relay.api import AnthropicApi, MessagesApi
+from relay.config import Config
+from relay.engine import Engine
+from relay.errors import RelayError
+from relay.layout import Layout
+from relay.ntfy import Notifier
+from relay.topic import resolve_topic
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 5.0
+
+
+def real_api(key: str, config: Config) -> MessagesApi:
+    return AnthropicApi(key, config.anthropic.base_url, config.anthropic.timeout_s)
+
+
+@contextlib.contextmanager
+def exclusive_lock(layout: Layout) -> Iterator[None]:
+    """One conversation process per data directory: it alone writes history and dispatch."""
+    layout.ensure_intake()
+    fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RelayError(
+                f"another relay process is already running on {layout.root} "
+                f"(it holds {layout.lock})"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+class Service:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        with_intake: bool,
+        environ: Mapping[str, str] | None = None,
+        api_factory: Callable[[str, Config], MessagesApi] = real_api,
+    ) -> None:
+        self.config = config
+        self.layout = Layout(config.data_dir)
+        self.with_intake = with_intake
+        self.environ = os.environ if environ is None else environ
+        self.sd = systemd.Notifier(self.environ)
+        self.stopping = False
+        topic = None
+        if config.ntfy.server:
+            topic = resolve_topic(config, self.layout)
+        self.notifier = Notifier(config.ntfy.server, topic, config.ntfy.timeout_s)
+        self.engine = Engine(config, self.layout, api_factory, self.notifier, self.environ)
+
+    def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
+        self.stopping = True
+        with contextlib.suppress(OSError):
+            os.write(self.engine.wake_w, b"s")
+
+    def _watch(self) -> INotify:
+        inotify = INotify()
+        arrive = in_flags.MOVED_TO | in_flags.CLOSE_WRITE | in_flags.CREATE
+        inotify.add_watch(self.layout.inbox, arrive)
+        for session in self.config.sessions:
+            inotify.add_watch(
+                self.layout.session_dir(session), in_flags.DELETE | in_flags.MOVED_FROM
+            )
+        if self.with_intake:
+            inotify.add_watch(self.layout.queue, arrive | in_flags.ATTRIB)
+            inotify.add_watch(self.layout.state, in_flags.MOVED_TO | in_flags.CLOSE_WRITE)
+        return inotify
+
+    def run(self) -> int:
+        with exclusive_lock(self.layout):
+            return self._run_locked()
+
+    def _run_locked(self) -> int:
+        engine = self.engine
+        if self.sd.enabled:
+            # Recovery of a large history could exceed the start timeout on a slow disk.
+            self.sd.extend_timeout(60)
+        engine.recover()
+        if self.with_intake:
+            self._intake()
+        inotify = self._watch()
+        poller = select.poll()
+        poller.register(inotify.fd, select.POLLIN)
+        poller.register(engine.wake_r, select.POLLIN)
+        self.sd.ready(engine.status_line())
+        log.info("relay %s: %s", "run" if self.with_intake else "serve", engine.status_line())
+        interval = self.sd.watchdog_interval_s
+        last_ping = time.monotonic()
+        last_status = ""
+        try:
+            while not self.stopping:
+                if self.with_intake:
+                    self._intake()
+                timeout = engine.tick()
+                now = time.monotonic()
+                if interval is not None:
+                    # From the main loop itself: a wedged loop stops the pings.
+                    if now - last_ping >= interval * 0.5:
+                        self.sd.watchdog()
+                        last_ping = now
+                    timeout = min(timeout, interval * 0.5)
+                line = engine.status_line()
+                if line != last_status:
+                    self.sd.status(line)
+                    last_status = line
+                if poller.poll(int(timeout * 1000)):
+                    with contextlib.suppress(BlockingIOError):
+                        inotify.read(timeout=0)
+        finally:
+            self.sd.stopping()
+            engine.wait_inflight(STOP_GRACE_S)
+            if engine.busy:
+                engine.tick(start_new=False)
+            engine.write_status("stopped", force=True)
+            self.notifier.close(wait_s=1.0)
+            engine.close()
+            inotify.close()
+            self.sd.close()
+        return 0
+
+    def _intake(self) -> None:
+        intake.drain_operator(self.layout)
+        intake.drain_queue(self.config, self.layout)
+
+
+def install_signal_handlers(service: Service) -> None:
+    signal.signal(signal.SIGTERM, service.request_stop)
+    signal.signal(signal.SIGINT, service.request_stop)

@@ -1,0 +1,69 @@
+"""state/status.json: written atomically by the conversation service, read by `relay status`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from relay import fsutil
+from relay.layout import PRIVATE_FILE_MODE
+
+STATES = ("running", "needs_jc", "blocked", "backoff", "stopped")
+UNITS = ("relay.target", "relay-conversation.service", "relay-queue.path", "relay-jc.path")
+
+
+def write(path: Path, status: dict[str, Any]) -> None:
+    data = json.dumps(status, indent=2, sort_keys=True, ensure_ascii=False).encode() + b"\n"
+    # Not fsync'd: it is a report, rewritten often, and rebuilt from durable state on start.
+    fsutil.atomic_write(path, data, PRIVATE_FILE_MODE, durable=False)
+
+
+def read(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("status.json is not an object")
+    return data
+
+
+def unit_health() -> dict[str, str] | None:
+    """`systemctl is-active` for the relay units, when systemd runs this machine."""
+    if not Path("/run/systemd/system").is_dir() or shutil.which("systemctl") is None:
+        return None
+    result = subprocess.run(
+        ["systemctl", "is-active", *UNITS], capture_output=True, text=True, timeout=10, check=False
+    )
+    states = result.stdout.split()
+    return dict(zip(UNITS, states, strict=False)) if len(states) == len(UNITS) else None
+
+
+def format_status(status: dict[str, Any], health: dict[str, str] | None) -> str:
+    """The human-readable form of `relay status`."""
+    lines = [f"state:          {status.get('state', '?')}"]
+    if status.get("state_detail"):
+        lines.append(f"                {status['state_detail']}")
+    if status.get("api_key") is False:
+        lines.append(f"api key:        MISSING: {status.get('api_key_help', '')}")
+    if status.get("needs_jc_session") or status.get("state") == "needs_jc":
+        lines.append(f"waiting for:    operator (raised by {status.get('needs_jc_session')})")
+        question = str(status.get("last_needs_jc_text") or "")
+        lines.append(f"question:       {question[:300]}")
+    lines.append(f"last dispatch:  {status.get('last_dispatch_session') or '-'}")
+    lines.append(f"history turns:  {status.get('history_turns', 0)}")
+    lines.append(f"inbox:          {status.get('inbox', 0)} waiting")
+    pending = status.get("pending") or {}
+    lines.append(
+        "pending:        " + (", ".join(f"{s}={n}" for s, n in sorted(pending.items())) or "-")
+    )
+    lines.append(
+        f"cost today:     ${float(status.get('cost_today_usd') or 0):.4f} "
+        f"({status.get('calls_today', 0)} calls)"
+    )
+    if status.get("last_error"):
+        lines.append(f"last error:     {status['last_error']}")
+    lines.append(f"updated:        {status.get('updated_at', '?')} (pid {status.get('pid', '?')})")
+    if health:
+        lines.append("units:          " + ", ".join(f"{u} {s}" for u, s in health.items()))
+    return "\n".join(lines)
