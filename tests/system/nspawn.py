@@ -50,6 +50,11 @@ Why nsenter rather than ``machinectl shell`` or ``systemd-run -M``: the host has
 no machined (PID 1 is not systemd), hence also ``--register=no --keep-unit``. Commands entered
 this way are *not* in any unit's cgroup, which is what a test driving ``systemctl`` wants.
 
+Each container gets a private parent cgroup (``<our cgroup>/relay-test-XXXX``) in the
+name=systemd and unified hierarchies before nspawn starts: with ``--keep-unit`` nspawn puts the
+container in ``<its own cgroup>/payload``, so without it two containers at once would share one
+``/payload`` tree and each systemd would manage (and kill) the other's unit cgroups.
+
 Failures are loud: not root, or a missing ``systemd-nspawn``, raises ``HarnessError`` (CI runs
 as root; a system test that cannot run must fail, not skip).
 
@@ -112,6 +117,7 @@ CLEAN_ENV: dict[str, str] = {
 STATE_PREFIX = "relay-nspawn-"
 _OWNER_FILE = "owner.pid"
 _NSPAWN_PID_FILE = "nspawn.pid"
+_CGROUPS_FILE = "cgroups"
 _PR_SET_PDEATHSIG = 1
 _BOOTED_STATES = frozenset({"running", "degraded"})
 _FAILED_STATES = frozenset({"maintenance", "stopping", "offline-final"})
@@ -173,12 +179,18 @@ def poll_until(
         time.sleep(interval)
 
 
-def _set_pdeathsig_sigterm() -> None:
-    # Runs in the child between fork and exec. If the test process dies (even SIGKILL), nspawn
-    # gets SIGTERM, which it turns into an orderly poweroff of the container (--kill-signal
-    # defaults to SIGRTMIN+3 with --boot).
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+def _nspawn_preexec(cgroups: Sequence[Path]) -> Callable[[], None]:
+    """What runs in the nspawn child between fork and exec."""
+
+    def preexec() -> None:
+        # If the test process dies (even by SIGKILL), nspawn gets SIGTERM, which it turns into
+        # an orderly poweroff (--kill-signal defaults to SIGRTMIN+3 with --boot).
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        for cgroup in cgroups:
+            (cgroup / "cgroup.procs").write_text("0\n")
+
+    return preexec
 
 
 def _read_status(pid: int) -> dict[str, str]:
@@ -231,6 +243,45 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
+def own_cgroup_dirs() -> list[Path]:
+    """This process's cgroup directory in the name=systemd (v1) and the unified (v2) trees.
+
+    These are the hierarchies systemd uses to track processes. nspawn --keep-unit puts the
+    container under <its own cgroup>/payload, so without a private parent cgroup every
+    container would share /payload and two containers' systemds would manage (and kill) the
+    same unit cgroups.
+    """
+    mounts: dict[str, Path] = {}
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _, mount_point, fstype, options, *_ = line.split()
+        if fstype == "cgroup2":
+            mounts.setdefault("v2", Path(mount_point))
+        elif fstype == "cgroup" and "name=systemd" in options.split(","):
+            mounts.setdefault("v1", Path(mount_point))
+    dirs: list[Path] = []
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        hier_id, controllers, path = line.split(":", 2)
+        key = "v2" if hier_id == "0" and controllers == "" else None
+        if controllers == "name=systemd":
+            key = "v1"
+        if key is not None and key in mounts:
+            dirs.append(mounts[key] / path.lstrip("/"))
+    return dirs
+
+
+def remove_cgroup_tree(top: Path) -> list[str]:
+    """rmdir a cgroup and its children bottom-up (cgroupfs only allows rmdir of dirs)."""
+    errors: list[str] = []
+    if not top.is_dir():
+        return errors
+    for dirpath, _dirnames, _files in os.walk(top, topdown=False):
+        try:
+            os.rmdir(dirpath)
+        except OSError as exc:
+            errors.append(f"rmdir {dirpath}: {exc.strerror}")
+    return errors
+
+
 def _unmount_all(base: Path, umount: str) -> list[str]:
     """Unmount everything below base; lazily as a last resort. Returns error strings."""
     errors: list[str] = []
@@ -264,10 +315,19 @@ def cleanup_stale(tmp_root: Path | None = None) -> list[Path]:
         nspawn = _read_pid(base / _NSPAWN_PID_FILE)
         if nspawn is not None and str(base) in _cmdline(nspawn):
             _terminate_pid(nspawn)
+        for cgroup in _read_lines(base / _CGROUPS_FILE):
+            remove_cgroup_tree(Path(cgroup))
         _unmount_all(base, umount)
         shutil.rmtree(base, ignore_errors=True)
         cleaned.append(base)
     return cleaned
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return [line for line in path.read_text().splitlines() if line]
+    except OSError:
+        return []
 
 
 def _cmdline(pid: int) -> str:
@@ -312,6 +372,7 @@ class Container:
         self._proc: subprocess.Popen[bytes] | None = None
         self._init_pid: int | None = None
         self._started_at = 0.0
+        self._cgroups: list[Path] = []
         self.boot_seconds: float | None = None
 
     # ----- layout -------------------------------------------------------------------------
@@ -401,6 +462,11 @@ class Container:
             f"--machine={self.name}",
             "--link-journal=no",  # host and container share a machine-id
         ]
+        assert self.base is not None
+        self._cgroups = [parent / self.name for parent in own_cgroup_dirs()]
+        (self.base / _CGROUPS_FILE).write_text("".join(f"{cg}\n" for cg in self._cgroups))
+        for cgroup in self._cgroups:
+            cgroup.mkdir()
         with self.console_log.open("wb") as log:
             self._started_at = time.monotonic()
             # New session: a Ctrl-C aimed at pytest must not reach nspawn, which would forward
@@ -411,10 +477,9 @@ class Container:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_set_pdeathsig_sigterm,
+                preexec_fn=_nspawn_preexec(self._cgroups),
                 env=CLEAN_ENV,
             )
-        assert self.base is not None
         (self.base / _NSPAWN_PID_FILE).write_text(f"{self._proc.pid}\n")
         self._init_pid = self._await_init()
         self.wait_until_booted()
@@ -618,6 +683,9 @@ class Container:
         errors: list[str] = []
         if self._proc is not None:
             errors += self._stop()
+        for cgroup in self._cgroups:
+            errors += remove_cgroup_tree(cgroup)
+        self._cgroups = []
         if self.base is not None:
             errors += _unmount_all(self.base, self.tools["umount"])
             if mounts_under(self.base):
