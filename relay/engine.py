@@ -261,17 +261,21 @@ class Engine:
         wake_w = self.wake_w
 
         def run() -> ApiReply:
-            try:
-                return api.create(
-                    model=self.config.model,
-                    max_tokens=self.config.max_tokens,
-                    system=call.system,
-                    messages=call.messages,
-                )
-            finally:
-                os.write(wake_w, b"x")  # wake the main loop
+            return api.create(
+                model=self.config.model,
+                max_tokens=self.config.max_tokens,
+                system=call.system,
+                messages=call.messages,
+            )
 
-        self._inflight = (call, self._executor.submit(run))
+        def wake(_: concurrent.futures.Future[ApiReply]) -> None:
+            # Done-callbacks run after the result is set, so the woken loop sees it done.
+            with contextlib.suppress(OSError):
+                os.write(wake_w, b"x")
+
+        future = self._executor.submit(run)
+        future.add_done_callback(wake)
+        self._inflight = (call, future)
 
     def _drain_wake(self) -> None:
         try:
