@@ -128,7 +128,7 @@ class Engine:
             return
         self._key_checked = now
         key, where = find_api_key(self.config, self.environ)
-        if key == self._key:
+        if key == self._key and (key is not None or self.key_help):
             return
         self._key = key
         if key is None:
