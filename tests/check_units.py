@@ -1,0 +1,360 @@
+#!/usr/bin/python3
+"""Static checks for relay's systemd units; no running systemd needed (notes/systemd.md §6.1).
+
+    python3 tests/check_units.py [UNITS_DIR]     # prints every problem, exit 1 if any
+
+- ``systemd-analyze verify --man=no`` on the unit files as they are. It exits 0 on unknown keys
+  (e.g. StartLimitIntervalSec= under [Service]) and only warns, so *any* output is a problem,
+  with one justified exception: "Command /usr/bin/relay is not executable" while relay is not
+  installed on the checking machine (the package provides it).
+- The same verify inside a staged root (the host's standard units, our units in
+  /etc/systemd/system, a placeholder /usr/bin/relay), where no exception is needed at all.
+- ``systemd-analyze security --offline=yes``: exposure limits per service.
+- Things verify does not check: every .path has its service, the relay.target wiring (model A,
+  §5.2), start limits in [Unit], handler timeouts and no network, restart pacing that cannot
+  burn the start limit, the credential source being a bare credstore name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+UNITS_DIR = Path(__file__).resolve().parents[1] / "units"
+RELAY_BIN = "/usr/bin/relay"
+TARGET = "relay.target"
+CONVERSATION = "relay-conversation.service"
+ALERT_TEMPLATE = "relay-alert@.service"
+ALERT_ON_FAILURE = "relay-alert@%n.service"
+# Exposure (0-10, lower is better) allowed per service by `systemd-analyze security`.
+EXPOSURE_LIMITS: dict[str, float] = {
+    CONVERSATION: 1.5,
+    "relay-queue.service": 1.0,
+    "relay-jc.service": 1.0,
+    ALERT_TEMPLATE: 1.5,
+}
+UNIT_SUFFIXES = (".service", ".path", ".target", ".socket", ".timer")
+MISSING_BIN = re.compile(
+    r"^(?P<unit>\S+): Command " + re.escape(RELAY_BIN) + r" is not executable: "
+    r"No such file or directory$"
+)
+EXPOSURE_LINE = re.compile(r"Overall exposure level for \S+: (?P<score>\d+(?:\.\d+)?)")
+TIME_UNITS: dict[str, float] = {
+    "us": 1e-6, "usec": 1e-6, "ms": 1e-3, "msec": 1e-3, "": 1.0, "s": 1.0, "sec": 1.0,
+    "second": 1.0, "seconds": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "minutes": 60.0,
+    "h": 3600.0, "hr": 3600.0, "hour": 3600.0, "hours": 3600.0,
+}  # fmt: skip
+
+Unit = dict[str, list[tuple[str, str]]]
+
+
+# ----- parsing ------------------------------------------------------------------------------
+
+
+def unit_files(units_dir: Path = UNITS_DIR) -> list[Path]:
+    return sorted(p for p in units_dir.iterdir() if p.name.endswith(UNIT_SUFFIXES))
+
+
+def parse_unit(path: Path) -> Unit:
+    """Sections -> ordered (key, value) pairs; keys may repeat, as systemd allows."""
+    unit: Unit = {}
+    section = ""
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = pending + raw.strip()
+        pending = ""
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            unit.setdefault(section, [])
+            continue
+        key, _, value = line.partition("=")
+        unit.setdefault(section, []).append((key.strip(), value.strip()))
+    return unit
+
+
+def values(unit: Unit, section: str, key: str) -> list[str]:
+    return [v for k, v in unit.get(section, []) if k == key]
+
+
+def value(unit: Unit, section: str, key: str) -> str | None:
+    found = values(unit, section, key)
+    return found[-1] if found else None
+
+
+def words(unit: Unit, section: str, key: str) -> list[str]:
+    return [w for v in values(unit, section, key) for w in v.split()]
+
+
+def seconds(span: str) -> float:
+    """A systemd time span ("5s", "1min 30s", "500ms", "90") in seconds."""
+    total = 0.0
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", span.strip())
+    if not parts:
+        raise ValueError(f"not a time span: {span!r}")
+    for number, suffix in parts:
+        if suffix not in TIME_UNITS:
+            raise ValueError(f"unknown time unit {suffix!r} in {span!r}")
+        total += float(number) * TIME_UNITS[suffix]
+    return total
+
+
+def load(units_dir: Path) -> dict[str, Unit]:
+    return {p.name: parse_unit(p) for p in unit_files(units_dir)}
+
+
+def triggered_service(name: str, unit: Unit) -> str:
+    return value(unit, "Path", "Unit") or name.removesuffix(".path") + ".service"
+
+
+# ----- systemd-analyze ----------------------------------------------------------------------
+
+
+def _analyze(args: Sequence[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("systemd-analyze")
+    if exe is None:
+        raise RuntimeError("systemd-analyze not found (apt-get install systemd)")
+    env = {**os.environ, "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": ""}
+    return subprocess.run(
+        [exe, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
+
+
+def check_verify(units_dir: Path = UNITS_DIR) -> list[str]:
+    """verify the files in place; only the justified missing-binary line is tolerated."""
+    files = [str(p) for p in unit_files(units_dir)]
+    res = _analyze(["verify", "--man=no", *files])
+    relay_installed = os.access(RELAY_BIN, os.X_OK)
+    problems = []
+    for line in (res.stdout + res.stderr).splitlines():
+        if not line.strip():
+            continue
+        if not relay_installed and MISSING_BIN.match(line):
+            continue  # the package installs /usr/bin/relay; this host need not have it
+        problems.append(f"verify: {line}")
+    if res.returncode != 0 and not problems and relay_installed:
+        problems.append(f"verify: exit {res.returncode} without output")
+    return problems
+
+
+def _stage_root(root: Path, units_dir: Path) -> list[str]:
+    """A minimal root for `verify --root`: standard units, ours, a placeholder relay."""
+    (root / "usr/lib/systemd").mkdir(parents=True)
+    shutil.copytree("/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    (root / "lib").symlink_to("usr/lib")
+    etc = root / "etc/systemd/system"
+    etc.mkdir(parents=True)
+    names = []
+    for unit in unit_files(units_dir):
+        shutil.copy2(unit, etc / unit.name)
+        names.append(unit.name)
+    relay = root / RELAY_BIN.lstrip("/")
+    relay.parent.mkdir(parents=True, exist_ok=True)
+    relay.write_text("#!/bin/sh\nexit 0\n")
+    relay.chmod(0o755)
+    return names
+
+
+def check_verify_staged(units_dir: Path = UNITS_DIR) -> list[str]:
+    """verify --root with relay present: nothing at all may be printed."""
+    with tempfile.TemporaryDirectory(prefix="relay-units-") as tmp:
+        names = _stage_root(Path(tmp), units_dir)
+        res = _analyze(["verify", "--man=no", f"--root={tmp}", *names])
+    lines = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
+    problems = [f"verify --root: {line.replace(tmp, '<root>')}" for line in lines]
+    if res.returncode != 0 and not problems:
+        problems.append(f"verify --root: exit {res.returncode} without output")
+    return problems
+
+
+def exposure(unit_file: Path) -> float:
+    """Overall exposure from `systemd-analyze security --offline=yes` (0.0 best, 10.0 worst)."""
+    args = ["security", "--offline=yes", "--no-pager", f"./{unit_file.name}"]
+    res = _analyze(args, cwd=unit_file.parent)
+    match = EXPOSURE_LINE.search(res.stdout)
+    if match is None:
+        raise RuntimeError(f"no exposure for {unit_file.name}: {res.stdout}{res.stderr}")
+    return float(match["score"])
+
+
+def check_exposure(units_dir: Path = UNITS_DIR) -> list[str]:
+    problems = []
+    services = [p for p in unit_files(units_dir) if p.name.endswith(".service")]
+    for path in services:
+        limit = EXPOSURE_LIMITS.get(path.name)
+        if limit is None:
+            problems.append(f"{path.name}: no exposure limit declared in check_units.py")
+            continue
+        score = exposure(path)
+        if score > limit:
+            problems.append(f"{path.name}: exposure {score} > {limit}")
+    return problems
+
+
+# ----- what verify does not check -------------------------------------------------------------
+
+
+def check_pairing(units: dict[str, Unit]) -> list[str]:
+    """Every .path triggers an existing service; OnFailure templates exist."""
+    problems = []
+    for name, unit in units.items():
+        if name.endswith(".path") and triggered_service(name, unit) not in units:
+            problems.append(f"{name}: triggers {triggered_service(name, unit)}, not in units/")
+        for dep in words(unit, "Unit", "OnFailure"):
+            template = re.sub(r"@.*\.service$", "@.service", dep)
+            if dep not in units and template not in units:
+                problems.append(f"{name}: OnFailure={dep} does not exist")
+    return problems
+
+
+def check_target(units: dict[str, Unit]) -> list[str]:
+    """Model A: the target Wants= every member and is the only unit with [Install]."""
+    target = units.get(TARGET)
+    if target is None:
+        return [f"{TARGET} missing"]
+    problems = []
+    if "multi-user.target" not in words(target, "Install", "WantedBy"):
+        problems.append(f"{TARGET}: [Install] WantedBy=multi-user.target missing")
+    members = {CONVERSATION} | {n for n in units if n.endswith(".path")}
+    if set(words(target, "Unit", "Wants")) != members:
+        problems.append(f"{TARGET}: Wants= should be exactly {sorted(members)}")
+    handlers = {triggered_service(n, units[n]) for n in units if n.endswith(".path")}
+    for name in sorted(members | handlers):
+        unit = units.get(name, {})
+        if "relay.target" not in words(unit, "Unit", "PartOf"):
+            problems.append(f"{name}: PartOf=relay.target missing")
+        if "Install" in unit:
+            problems.append(f"{name}: members are static, no [Install] (relay.target enables)")
+    return problems
+
+
+def check_common(units: dict[str, Unit]) -> list[str]:
+    problems = []
+    for name, unit in units.items():
+        if "man:relay(1)" not in words(unit, "Unit", "Documentation"):
+            problems.append(f"{name}: Documentation=man:relay(1) missing")
+        for key in ("StartLimitIntervalSec", "StartLimitBurst"):
+            if values(unit, "Service", key):
+                problems.append(f"{name}: {key}= belongs in [Unit]")
+        if not name.endswith(".service"):
+            continue
+        if value(unit, "Service", "User") != "relay" or value(unit, "Service", "Group") != "relay":
+            problems.append(f"{name}: must run as User=relay Group=relay")
+        if value(unit, "Service", "UMask") != "0077":
+            problems.append(f"{name}: UMask=0077 missing")
+        if any("API_KEY" in v for v in values(unit, "Service", "Environment")):
+            problems.append(f"{name}: secrets must not be in Environment= (use LoadCredential=)")
+        if not (value(unit, "Service", "SyslogIdentifier") or "").startswith("relay-"):
+            problems.append(f"{name}: SyslogIdentifier=relay-... missing (journal contract)")
+    return problems
+
+
+def check_handlers(units: dict[str, Unit]) -> list[str]:
+    """Path-triggered handlers: oneshot, bounded, offline, start limits that bursts never hit."""
+    problems = []
+    for path_name, path_unit in units.items():
+        if not path_name.endswith(".path"):
+            continue
+        if ALERT_ON_FAILURE not in words(path_unit, "Unit", "OnFailure"):
+            problems.append(f"{path_name}: OnFailure={ALERT_ON_FAILURE} missing")
+        name = triggered_service(path_name, path_unit)
+        unit = units.get(name)
+        if unit is None:
+            continue  # reported by check_pairing
+        problems += _check_handler(name, unit)
+    return problems
+
+
+def _check_handler(name: str, unit: Unit) -> list[str]:
+    problems = []
+    if value(unit, "Service", "Type") != "oneshot":
+        problems.append(f"{name}: Type=oneshot expected")
+    timeout = value(unit, "Service", "TimeoutStartSec")
+    if timeout in (None, "0", "infinity"):
+        problems.append(f"{name}: TimeoutStartSec= must bound a oneshot (none by default)")
+    if value(unit, "Service", "PrivateNetwork") != "yes":
+        problems.append(f"{name}: handlers need no network: PrivateNetwork=yes")
+    burst = value(unit, "Unit", "StartLimitBurst")
+    if burst is None or int(burst) < 10:
+        problems.append(f"{name}: [Unit] StartLimitBurst= >= 10 expected (default 5 per 10 s)")
+    return problems
+
+
+def check_conversation(units: dict[str, Unit]) -> list[str]:
+    unit = units.get(CONVERSATION)
+    if unit is None:
+        return [f"{CONVERSATION} missing"]
+    problems = []
+    expect = {"Type": "notify", "NotifyAccess": "main", "Restart": "on-failure"}
+    for key, want in expect.items():
+        if value(unit, "Service", key) != want:
+            problems.append(f"{CONVERSATION}: {key}={want} expected")
+    if value(unit, "Service", "WatchdogSec") in (None, "0"):
+        problems.append(f"{CONVERSATION}: WatchdogSec= missing")
+    if "PYTHONFAULTHANDLER=1" not in words(unit, "Service", "Environment"):
+        problems.append(f"{CONVERSATION}: Environment=PYTHONFAULTHANDLER=1 missing")
+    problems += _check_restart_pacing(unit)
+    for cred in words(unit, "Service", "LoadCredential"):
+        _, _, source = cred.partition(":")
+        if "/" in source:
+            problems.append(
+                f"{CONVERSATION}: LoadCredential={cred}: a missing absolute path fails the "
+                "unit (243/CREDENTIALS); use a bare credstore name"
+            )
+    return problems
+
+
+def _check_restart_pacing(unit: Unit) -> list[str]:
+    """Restarts every RestartSec must fit the start limit, or a crash loop ends in
+    start-limit-hit and stays dead (§2.2). Defaults: 100ms, 10s, 5."""
+    restart = seconds(value(unit, "Service", "RestartSec") or "100ms")
+    interval = seconds(value(unit, "Unit", "StartLimitIntervalSec") or "10s")
+    burst = int(value(unit, "Unit", "StartLimitBurst") or "5")
+    starts = int(interval // restart) + 1 if restart > 0 else sys.maxsize
+    if starts > burst:
+        return [
+            f"{CONVERSATION}: RestartSec={restart:g}s allows {starts} starts per "
+            f"{interval:g}s, above StartLimitBurst={burst}"
+        ]
+    return []
+
+
+STATIC_CHECKS: tuple[Callable[[dict[str, Unit]], list[str]], ...] = (
+    check_pairing,
+    check_target,
+    check_common,
+    check_handlers,
+    check_conversation,
+)
+
+
+def run_all(units_dir: Path = UNITS_DIR) -> list[str]:
+    units = load(units_dir)
+    problems = [p for check in STATIC_CHECKS for p in check(units)]
+    problems += check_verify(units_dir)
+    problems += check_verify_staged(units_dir)
+    problems += check_exposure(units_dir)
+    return problems
+
+
+def main(argv: Sequence[str]) -> int:
+    units_dir = Path(argv[1]) if len(argv) > 1 else UNITS_DIR
+    problems = run_all(units_dir)
+    for problem in problems:
+        print(problem)
+    print(f"{len(unit_files(units_dir))} units checked, {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
