@@ -162,7 +162,23 @@ def _stage_root(root: Path, units_dir: Path) -> list[str]:
     relay.parent.mkdir(parents=True, exist_ok=True)
     relay.write_text("#!/bin/sh\nexit 0\n")
     relay.chmod(0o755)
+    # Other commands (e.g. /usr/bin/sleep) come from the host; a typo stays missing.
+    for command in exec_commands(units_dir) - {RELAY_BIN}:
+        if Path(command).is_file():
+            staged = root / command.lstrip("/")
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(command, staged)
     return names
+
+
+def exec_commands(units_dir: Path) -> set[str]:
+    """Absolute executables of every Exec*= line (prefixes such as "-" or "!" stripped)."""
+    commands = set()
+    for unit in load(units_dir).values():
+        for key, val in unit.get("Service", []):
+            if key.startswith("Exec") and val:
+                commands.add(val.split()[0].lstrip("-@:+!"))
+    return commands
 
 
 def check_verify_staged(units_dir: Path = UNITS_DIR) -> list[str]:
@@ -284,10 +300,33 @@ def _check_handler(name: str, unit: Unit) -> list[str]:
         problems.append(f"{name}: TimeoutStartSec= must bound a oneshot (none by default)")
     if value(unit, "Service", "PrivateNetwork") != "yes":
         problems.append(f"{name}: handlers need no network: PrivateNetwork=yes")
-    burst = value(unit, "Unit", "StartLimitBurst")
-    if burst is None or int(burst) < 10:
-        problems.append(f"{name}: [Unit] StartLimitBurst= >= 10 expected (default 5 per 10 s)")
+    problems += _check_handler_pacing(name, unit)
     return problems
+
+
+def _check_handler_pacing(name: str, unit: Unit) -> list[str]:
+    """Each path-triggered file can cost one run, so successful runs must be spaced (an
+    ExecStartPost= sleep) such that the start limit can never be reached by legitimate runs:
+    at most interval/pace + 1 starts per interval, which must stay below the burst."""
+    pace = next(
+        (
+            seconds(v.split()[1])
+            for v in values(unit, "Service", "ExecStartPost")
+            if v.split()[0].endswith("/sleep") and len(v.split()) == 2
+        ),
+        0.0,
+    )
+    if pace <= 0:
+        return [
+            f"{name}: ExecStartPost=/usr/bin/sleep N pacing missing (a trickle of files "
+            "otherwise hits the start limit)"
+        ]
+    interval = seconds(value(unit, "Unit", "StartLimitIntervalSec") or "10s")
+    burst = int(value(unit, "Unit", "StartLimitBurst") or "5")
+    most = int(interval // pace) + 1
+    if most >= burst:
+        return [f"{name}: {most} paced starts fit in {interval:g}s, StartLimitBurst={burst}"]
+    return []
 
 
 def check_conversation(units: dict[str, Unit]) -> list[str]:

@@ -58,7 +58,9 @@ def _static(units_dir: Path) -> list[str]:
 
 MUTATIONS: list[tuple[str, str, str, str]] = [
     # (unit, old, new, expected fragment of a problem)
-    ("relay-queue.service", "StartLimitBurst=30\n", "", "StartLimitBurst= >= 10"),
+    ("relay-queue.service", "StartLimitBurst=60\n", "", "StartLimitBurst=5"),
+    ("relay-jc.service", "ExecStartPost=/usr/bin/sleep 1\n", "", "pacing missing"),
+    ("relay-queue.service", "StartLimitBurst=60", "StartLimitBurst=30", "31 paced starts"),
     ("relay-queue.service", "TimeoutStartSec=120s\n", "", "TimeoutStartSec="),
     ("relay-jc.service", "PrivateNetwork=yes\n", "", "PrivateNetwork=yes"),
     ("relay-queue.path", "OnFailure=relay-alert@%n.service\n", "", "OnFailure="),
@@ -92,9 +94,9 @@ def test_pairing_catches_missing_service(units_copy: Path) -> None:
 
 def test_start_limit_in_service_section_is_caught(units_copy: Path) -> None:
     # systemd-analyze verify exits 0 here and only warns: the checker must still fail.
-    _edit(units_copy, "relay-queue.service", "StartLimitIntervalSec=60s\n", "")
+    _edit(units_copy, "relay-queue.service", "StartLimitIntervalSec=30s\n", "")
     _edit(
-        units_copy, "relay-queue.service", "[Service]\n", "[Service]\nStartLimitIntervalSec=60s\n"
+        units_copy, "relay-queue.service", "[Service]\n", "[Service]\nStartLimitIntervalSec=30s\n"
     )
     assert any("belongs in [Unit]" in p for p in _static(units_copy))
     assert any("Unknown key 'StartLimitIntervalSec'" in p for p in cu.check_verify(units_copy))
