@@ -106,11 +106,17 @@ class Engine:
             previous = status_file.read(self.layout.status)
             self.last_dispatch_session = previous.get("last_dispatch_session")
         recorded = {r["key"]: r for r in self.records if r.get("kind") == "turn"}
+        # Finish every item that needs no API call before anything is delivered: delivery
+        # must never see a pending reply whose inbox item still exists.
         for name in self.inbox_items():
             record = recorded.get(name)
             if record is not None:
                 log.info("recovery: %s was answered before the restart; finishing it", name)
                 self._after_turn(name, record)
+            elif name.startswith(intake.OPERATOR_PREFIX):
+                session, body = conv.parse_operator(self._read_operator(name))
+                if session is not None:
+                    self._direct(name, session, body)
         self.refresh_key(force=True)
 
     def inbox_items(self) -> list[str]:
@@ -174,9 +180,7 @@ class Engine:
 
     def _operator_item(self, name: str) -> bool:
         """Handle operator input; True when an API call was started or must wait."""
-        path = self.layout.inbox / name
-        text = path.read_text(encoding="utf-8")
-        session, body = conv.parse_operator(text)
+        session, body = conv.parse_operator(self._read_operator(name))
         if session is not None:
             self._direct(name, session, body)
             return False
@@ -199,6 +203,9 @@ class Engine:
             )
         )
         return True
+
+    def _read_operator(self, name: str) -> str:
+        return (self.layout.inbox / name).read_text(encoding="utf-8")
 
     def _direct(self, name: str, session: str, text: str) -> None:
         path = self.layout.inbox / name

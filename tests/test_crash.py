@@ -18,6 +18,7 @@ from tests.relayproc import RelayProcess, wait_for, write_config
 from tests.standin.api import StandinAPI
 
 ENVELOPES = 80
+DIRECT = 12  # operator `@session-N:` messages, dispatched with no API call
 KILLS = 24
 SESSIONS = ("session-1", "session-2")
 
@@ -66,20 +67,36 @@ def test_sigkill_at_random_moments_loses_nothing_and_repeats_nothing(
                 expected[f"envelope {i}"] = session
                 time.sleep(rng.uniform(0.0, 0.06))
 
+        def operator() -> None:
+            jc = relay.data / "state" / "jc_input.txt"
+            for i in range(DIRECT):
+                session = SESSIONS[i % 2]
+                tmp = relay.data / "state" / f".jc-{i}.tmp"
+                tmp.write_text(f"@{session}: direct {i}")
+                wait_for(lambda: not jc.exists(), timeout=60, what="jc_input consumed")
+                os.link(tmp, jc)  # never overwrite an unconsumed operator message
+                tmp.unlink()
+                expected_direct[f"direct {i}"] = session
+                time.sleep(rng.uniform(0.0, 0.2))
+
+        expected_direct: dict[str, str] = {}
         writing = threading.Thread(target=writer, daemon=True)
+        operating = threading.Thread(target=operator, daemon=True)
         writing.start()
+        operating.start()
         for _ in range(KILLS):
             time.sleep(rng.uniform(0.0, 0.25))
             relay.kill()
             relay.start(wait_ready=rng.random() < 0.7)
         writing.join(60)
+        operating.join(60)
         if relay.proc is None or relay.proc.poll() is not None:
             relay.start()
 
         def all_answered() -> bool:
-            return sum(len(c.received) for c in consumers) >= ENVELOPES
+            return sum(len(c.received) for c in consumers) >= ENVELOPES + DIRECT
 
-        wait_for(all_answered, timeout=60, what=f"{ENVELOPES} replies (seed {seed})")
+        wait_for(all_answered, timeout=60, what=f"all replies (seed {seed})")
         time.sleep(0.5)  # a duplicate, if any, would arrive now
         for consumer in consumers:
             consumer.stop.set()
@@ -92,7 +109,10 @@ def test_sigkill_at_random_moments_loses_nothing_and_repeats_nothing(
         reply = f"ack: [from {session}] {content}"
         owner = next(c for c in consumers if c.session == session)
         assert reply in owner.received, f"lost: {content} (seed {seed})"
-    assert len(counts) == ENVELOPES
+    for content, session in expected_direct.items():
+        owner = next(c for c in consumers if c.session == session)
+        assert content in owner.received, f"lost: {content} (seed {seed})"
+    assert len(counts) == ENVELOPES + DIRECT
     keys = Counter(r["key"] for r in relay.history() if r.get("kind") == "turn")
     assert all(n == 1 for n in keys.values()), f"a turn recorded twice (seed {seed})"
     assert len(keys) == ENVELOPES

@@ -38,14 +38,23 @@ def test_conversation_prefix_is_byte_stable_and_read_from_cache(
 
     def plain(messages: list[dict[str, Any]]) -> str:
         # Only the breakpoint moves; everything else must repeat byte for byte.
-        stripped = [{**m, "content": [{k: v for k, v in b.items() if k != "cache_control"}
-                                      for b in m["content"]]} for m in messages]
+        stripped = [
+            {
+                **m,
+                "content": [
+                    {k: v for k, v in b.items() if k != "cache_control"} for b in m["content"]
+                ],
+            }
+            for m in messages
+        ]
         return json.dumps(stripped, sort_keys=True)
 
     assert plain(second.body["messages"][:1]) == plain(first.body["messages"])
     assert second.body["messages"][1]["content"][0]["text"] == "ack: [from session-1] first"
-    ledger = [json.loads(line) for line in
-              (relay.data / "state" / "ledger.jsonl").read_text().splitlines()]
+    ledger = [
+        json.loads(line)
+        for line in (relay.data / "state" / "ledger.jsonl").read_text().splitlines()
+    ]
     assert ledger[1]["usage"]["cache_read_tokens"] > 0
     assert ledger[0]["usage"]["cache_write_tokens"] > 0
     assert all(entry["cost_usd"] > 0 for entry in ledger)
@@ -109,7 +118,7 @@ def test_operator_answer_lifts_the_pause_and_goes_to_the_raising_session(
     assert relay.consume("session-1") == "ack: [from session-1] held while paused"
     status = relay.wait_status(lambda s: s["state"] == "running" and s["inbox"] == 0)
     assert status["last_dispatch_session"] == "session-1"
-    operator_turn = [r for r in relay.history() if r.get("session") == "operator"][0]
+    operator_turn = next(r for r in relay.history() if r.get("session") == "operator")
     assert operator_turn["target"] == "session-2"
 
 
@@ -179,8 +188,13 @@ def test_status_persists_across_a_restart(relay: RelayProcess) -> None:
 def test_summarization_at_the_cap(
     tmp_path: Path, api: StandinAPI, relay_factory: list[RelayProcess]
 ) -> None:
-    config = write_config(tmp_path, api.url, history_char_cap=2000, keep_recent_turns=2,
-                          summarization_prompt="SUMMARIZE-NOW")
+    config = write_config(
+        tmp_path,
+        api.url,
+        history_char_cap=2000,
+        keep_recent_turns=2,
+        summarization_prompt="SUMMARIZE-NOW",
+    )
     relay = RelayProcess(config)
     relay_factory.append(relay)
     relay.start()
@@ -194,8 +208,9 @@ def test_summarization_at_the_cap(
     assert [r["kind"] for r in records[1:]] == ["turn"] * (len(records) - 1)
     archives = list((relay.data / "state" / "archive").iterdir())
     assert archives, "the old history is archived"
-    summary_calls = [c for c in api.message_calls()
-                     if "SUMMARIZE-NOW" in json.dumps(c.body["messages"][-1])]
+    summary_calls = [
+        c for c in api.message_calls() if "SUMMARIZE-NOW" in json.dumps(c.body["messages"][-1])
+    ]
     assert len(summary_calls) >= 1
     # Each summarization replaced the history once: summarized turns are gone from it.
     assert all("turn 0" not in r.get("user", "") for r in records)

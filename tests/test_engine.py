@@ -1,0 +1,273 @@
+"""The engine in-process with an in-memory API fake: recovery after crashes at each step,
+backoff and blocking. (The real SDK path is covered by test_e2e and test_api.)"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay import conversation as conv
+from relay import history, intake, outbox
+from relay.api import ApiReply
+from relay.config import Config
+from relay.engine import Engine
+from relay.errors import ApiError
+from relay.layout import Layout
+from relay.ntfy import Notifier, Push
+from relay.prices import Usage
+
+
+@dataclass
+class FakeApi:
+    """Answers `re: <last user text>`, or raises the queued errors first."""
+
+    errors: list[ApiError] = field(default_factory=list)
+    calls: list[list[dict[str, Any]]] = field(default_factory=list)
+
+    def create(
+        self,
+        *,
+        model: str,
+        max_tokens: int,
+        system: list[dict[str, Any]],
+        messages: list[dict[str, Any]],
+    ) -> ApiReply:
+        self.calls.append(messages)
+        if self.errors:
+            raise self.errors.pop(0)
+        text = messages[-1]["content"][-1]["text"]
+        return ApiReply(f"re: {text}", Usage(10, 5), model, "end_turn", "req_1")
+
+
+class FakeNotifier(Notifier):
+    def __init__(self) -> None:
+        super().__init__(None, None, 1.0)
+        self.pushes: list[Push] = []
+
+    def push(self, push: Push) -> None:
+        self.pushes.append(push)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> tuple[Config, Layout, FakeApi, Clock]:
+    config = Config(sessions=("session-1", "session-2"), data_dir=tmp_path / "data")
+    return config, Layout(config.data_dir), FakeApi(), Clock()
+
+
+def make(world: tuple[Config, Layout, FakeApi, Clock], notifier: Notifier | None = None) -> Engine:
+    config, layout, api, clock = world
+    engine = Engine(
+        config,
+        layout,
+        lambda key, cfg: api,
+        notifier or FakeNotifier(),
+        environ={"ANTHROPIC_API_KEY": "sk-test"},
+        monotonic=clock,
+    )
+    engine.recover()
+    return engine
+
+
+def settle(engine: Engine) -> None:
+    for _ in range(20):
+        engine.tick()
+        engine.wait_inflight(5)
+        if not engine.busy and not engine.inbox_items():
+            engine.tick()
+            return
+    engine.tick()
+
+
+def put_envelope(layout: Layout, name: str, session: str, content: str) -> str:
+    key = f"q-{1:020d}-{name}"
+    (layout.inbox / key).write_text(json.dumps({"session_id": session, "content": content}))
+    return key
+
+
+def test_a_turn_is_recorded_and_dispatched(world: tuple[Config, Layout, FakeApi, Clock]) -> None:
+    _, layout, _api, _ = world
+    engine = make(world)
+    key = put_envelope(layout, "a.json", "session-1", "hello")
+    settle(engine)
+    assert layout.input_file("session-1").read_text() == "re: [from session-1]\nhello"
+    (turn,) = history.load(layout.history)
+    assert turn["key"] == key and turn["target"] == "session-1"
+    assert engine.inbox_items() == []
+    engine.close()
+
+
+def test_crash_after_recording_does_not_call_the_api_again(
+    world: tuple[Config, Layout, FakeApi, Clock],
+) -> None:
+    config, layout, api, _ = world
+    layout.ensure_all(config.sessions)
+    key = put_envelope(layout, "a.json", "session-2", "hi")
+    # The state a SIGKILL leaves right after the history append.
+    h = history.HistoryFile(layout.history, layout.archive)
+    h.append(
+        conv.turn_record(
+            seq=1,
+            key=key,
+            session="session-2",
+            user="[from session-2]\nhi",
+            reply="answer",
+            target="session-2",
+            needs_jc=False,
+            ts="t",
+            cost_usd=0.0,
+        )
+    )
+    h.close()
+    engine = make(world)
+    settle(engine)
+    assert api.calls == []
+    assert layout.input_file("session-2").read_text() == "answer"
+    assert engine.inbox_items() == []
+    engine.close()
+
+
+def test_crash_after_pending_was_written_does_not_duplicate_it(
+    world: tuple[Config, Layout, FakeApi, Clock],
+) -> None:
+    config, layout, _api, _ = world
+    layout.ensure_all(config.sessions)
+    key = put_envelope(layout, "a.json", "session-1", "hi")
+    h = history.HistoryFile(layout.history, layout.archive)
+    h.append(
+        conv.turn_record(
+            seq=1,
+            key=key,
+            session="session-1",
+            user="u",
+            reply="answer",
+            target="session-1",
+            needs_jc=False,
+            ts="t",
+            cost_usd=0.0,
+        )
+    )
+    h.close()
+    outbox.enqueue(layout, "session-1", key, "answer")
+    engine = make(world)
+    settle(engine)
+    assert layout.input_file("session-1").read_text() == "answer"
+    assert outbox.pending(layout, "session-1") == []
+    engine.close()
+
+
+def test_direct_message_interrupted_before_cleanup_is_sent_once(
+    world: tuple[Config, Layout, FakeApi, Clock],
+) -> None:
+    config, layout, api, _ = world
+    layout.ensure_all(config.sessions)
+    name = f"{intake.OPERATOR_PREFIX}{7:020d}.txt"
+    (layout.inbox / name).write_text("@session-1: do it")
+    outbox.enqueue(layout, "session-1", name, "do it")  # crash came after this
+    engine = make(world)
+    settle(engine)
+    assert layout.input_file("session-1").read_text() == "do it"
+    layout.input_file("session-1").unlink()
+    settle(engine)
+    assert not layout.input_file("session-1").exists()
+    assert api.calls == []
+    engine.close()
+
+
+def test_transient_error_backs_off_then_succeeds(
+    world: tuple[Config, Layout, FakeApi, Clock],
+) -> None:
+    _, layout, api, clock = world
+    api.errors.append(ApiError("HTTP 529: overloaded", transient=True, retry_after=30))
+    engine = make(world)
+    put_envelope(layout, "a.json", "session-1", "hello")
+    settle(engine)
+    status = engine.status()
+    assert status["state"] == "backoff" and "529" in status["last_error"]
+    assert not layout.input_file("session-1").exists()
+    assert len(api.calls) == 1
+    clock.now += 31
+    settle(engine)
+    assert layout.input_file("session-1").exists()
+    assert engine.status()["state"] == "running"
+    engine.close()
+
+
+def test_refused_call_blocks_notifies_once_and_keeps_the_item(
+    world: tuple[Config, Layout, FakeApi, Clock],
+) -> None:
+    _, layout, api, clock = world
+    api.errors += [ApiError("credit balance too low", transient=False)] * 2
+    notifier = FakeNotifier()
+    engine = make(world, notifier)
+    put_envelope(layout, "a.json", "session-1", "hello")
+    settle(engine)
+    assert engine.status()["state"] == "blocked"
+    clock.now += 301
+    settle(engine)
+    assert len(api.calls) == 2 and len(notifier.pushes) == 1
+    assert engine.inbox_items() != []
+    clock.now += 301
+    settle(engine)
+    assert layout.input_file("session-1").exists()
+    engine.close()
+
+
+def test_needs_jc_then_operator_answer(world: tuple[Config, Layout, FakeApi, Clock]) -> None:
+    _, layout, api, _ = world
+    notifier = FakeNotifier()
+    engine = make(world, notifier)
+    put_envelope(layout, "a.json", "session-2", "x")
+    api.errors = []
+    original = api.create
+
+    def needs_jc_once(**kwargs: Any) -> ApiReply:
+        reply = original(**kwargs)
+        if len(api.calls) == 1:
+            return ApiReply("[NEEDS-JC] choose A or B", reply.usage, reply.model, "end_turn", None)
+        return reply
+
+    api.create = needs_jc_once  # type: ignore[method-assign]
+    settle(engine)
+    assert engine.status()["state"] == "needs_jc"
+    assert notifier.pushes[0].priority == "high"
+    assert not layout.input_file("session-2").exists()
+    (layout.inbox / f"{intake.OPERATOR_PREFIX}{9:020d}.txt").write_text("A")
+    settle(engine)
+    assert layout.input_file("session-2").read_text() == "re: [from operator]\nA"
+    assert engine.status()["state"] == "running"
+    engine.close()
+
+
+def test_summary_is_skipped_when_kept_turns_alone_exceed_the_cap(tmp_path: Path) -> None:
+    config = Config(
+        sessions=("session-1",), data_dir=tmp_path / "d", history_char_cap=1000, keep_recent_turns=5
+    )
+    api = FakeApi()
+    engine = Engine(
+        config,
+        Layout(config.data_dir),
+        lambda k, c: api,
+        FakeNotifier(),
+        environ={"ANTHROPIC_API_KEY": "k"},
+    )
+    engine.recover()
+    for i in range(3):
+        put_envelope(engine.layout, f"{i}.json", "session-1", "y" * 600)
+        settle(engine)
+        engine.layout.input_file("session-1").unlink()
+    # Every call was a turn; none was a summarization of the kept turns.
+    assert len(api.calls) == 3
+    assert all("[from relay]" not in json.dumps(c[-1]) for c in api.calls)
+    engine.close()

@@ -1,0 +1,169 @@
+"""Intake: what the path-activated handlers do, on a real temp directory."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from relay import intake
+from relay.config import Config
+from relay.layout import Layout
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Config, Layout]:
+    config = Config(
+        sessions=("session-1", "session-2"), data_dir=tmp_path / "data", max_envelope_bytes=1024
+    )
+    layout = Layout(config.data_dir)
+    layout.ensure_intake()
+    return config, layout
+
+
+def envelope(session: str = "session-1", content: str = "hi", **extra: str) -> bytes:
+    return json.dumps({"session_id": session, "content": content, **extra}).encode()
+
+
+def inbox(layout: Layout) -> list[str]:
+    return sorted(p.name for p in layout.inbox.iterdir())
+
+
+def test_accepts_oldest_first_and_leaves_the_queue_empty(setup: tuple[Config, Layout]) -> None:
+    config, layout = setup
+    for name, mtime in (("b.json", 300), ("a.json", 200), ("c.json", 100)):
+        (layout.queue / name).write_bytes(envelope(content=name))
+        os.utime(layout.queue / name, ns=(mtime, mtime))
+    result = intake.drain_queue(config, layout)
+    assert [n.rsplit("-", 1)[-1] for n in result.accepted] == ["c.json", "a.json", "b.json"]
+    assert inbox(layout) == sorted(result.accepted)
+    assert [p.name for p in layout.queue.iterdir()] == [".rejected"]
+
+
+def test_dot_files_are_left_alone(setup: tuple[Config, Layout]) -> None:
+    config, layout = setup
+    (layout.queue / ".staging.tmp").write_bytes(envelope())
+    assert intake.drain_queue(config, layout).accepted == []
+    assert (layout.queue / ".staging.tmp").exists()
+
+
+def test_symlink_is_rejected_without_being_followed(
+    setup: tuple[Config, Layout], tmp_path: Path
+) -> None:
+    config, layout = setup
+    secret = tmp_path / "secret"
+    secret.write_bytes(envelope(content="must not be read"))
+    os.symlink(secret, layout.queue / "link.json")
+    result = intake.drain_queue(config, layout)
+    assert result.rejected == ["link.json"]
+    moved = layout.rejected / "link.json"
+    assert moved.is_symlink() and os.readlink(moved) == str(secret)
+    assert "symlink" in (layout.rejected / "link.json.reason").read_text()
+    assert inbox(layout) == []
+
+
+def test_directory_and_fifo_are_rejected(setup: tuple[Config, Layout]) -> None:
+    config, layout = setup
+    (layout.queue / "adir").mkdir()
+    os.mkfifo(layout.queue / "fifo.json")
+    result = intake.drain_queue(config, layout)
+    assert sorted(result.rejected) == ["adir", "fifo.json"]
+    assert "not a regular file" in (layout.rejected / "fifo.json.reason").read_text()
+
+
+def test_oversized_envelope_is_rejected_byte_for_byte(setup: tuple[Config, Layout]) -> None:
+    config, layout = setup
+    data = envelope(content="x" * 2000)
+    (layout.queue / "big.json").write_bytes(data)
+    intake.drain_queue(config, layout)
+    assert (layout.rejected / "big.json").read_bytes() == data
+    assert "too large" in (layout.rejected / "big.json.reason").read_text()
+    assert oct((layout.rejected / "big.json").stat().st_mode & 0o777) == "0o640"
+
+
+def test_unknown_session_creates_no_directory(setup: tuple[Config, Layout]) -> None:
+    config, layout = setup
+    (layout.queue / "x.json").write_bytes(envelope(session="../evil"))
+    intake.drain_queue(config, layout)
+    assert not (layout.root / "evil").exists()
+    assert "unknown session_id" in (layout.rejected / "x.json.reason").read_text()
+
+
+def test_same_name_rejected_twice_keeps_both(setup: tuple[Config, Layout]) -> None:
+    config, layout = setup
+    for data in (b"one", b"two"):
+        (layout.queue / "dup.json").write_bytes(data)
+        intake.drain_queue(config, layout)
+    assert (layout.rejected / "dup.json").read_bytes() == b"one"
+    assert (layout.rejected / "dup.json.1").read_bytes() == b"two"
+
+
+def test_duplicate_id_is_rejected_with_a_reason(setup: tuple[Config, Layout]) -> None:
+    config, layout = setup
+    (layout.queue / "one.json").write_bytes(envelope(id="task-7"))
+    intake.drain_queue(config, layout)
+    (layout.queue / "two.json").write_bytes(envelope(id="task-7"))
+    (layout.queue / "other.json").write_bytes(envelope(session="session-2", id="task-7"))
+    result = intake.drain_queue(config, layout)
+    assert result.rejected == ["two.json"]
+    assert len(result.accepted) == 1  # the same id from another session is another envelope
+    assert "duplicate id" in (layout.rejected / "two.json.reason").read_text()
+
+
+def test_a_claim_left_by_a_crash_is_finished(setup: tuple[Config, Layout]) -> None:
+    config, layout = setup
+    (layout.inbox / f"{intake.CLAIM_PREFIX}{5:020d}-late.json").write_bytes(envelope())
+    (layout.inbox / f"{intake.CLAIM_PREFIX}{6:020d}-bad.json").write_bytes(b"junk")
+    result = intake.drain_queue(config, layout)
+    assert result.accepted == [f"q-{5:020d}-late.json"]
+    assert result.rejected == ["bad.json"]
+    assert inbox(layout) == [f"q-{5:020d}-late.json"]
+
+
+def test_operator_input_is_always_consumed(setup: tuple[Config, Layout]) -> None:
+    _, layout = setup
+    layout.jc_input.write_text("go ahead")
+    result = intake.drain_operator(layout)
+    assert not layout.jc_input.exists()
+    (name,) = result.accepted
+    assert name.startswith(intake.OPERATOR_PREFIX)
+    assert (layout.inbox / name).read_text() == "go ahead"
+
+
+def test_operator_input_sorts_before_queue_entries(setup: tuple[Config, Layout]) -> None:
+    config, layout = setup
+    (layout.queue / "a.json").write_bytes(envelope())
+    intake.drain_queue(config, layout)
+    layout.jc_input.write_text("urgent")
+    intake.drain_operator(layout)
+    assert inbox(layout)[0].startswith(intake.OPERATOR_PREFIX)
+
+
+@pytest.mark.parametrize(("data", "accepted"), [(b"   \n", 0), (b"\xff\xfe", 0)])
+def test_empty_or_binary_operator_input_is_consumed_not_sent(
+    setup: tuple[Config, Layout], data: bytes, accepted: int
+) -> None:
+    _, layout = setup
+    layout.jc_input.write_bytes(data)
+    result = intake.drain_operator(layout)
+    assert len(result.accepted) == accepted
+    assert not layout.jc_input.exists()
+    assert inbox(layout) == []
+
+
+def test_the_handler_never_imports_anthropic(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"sessions: [session-1]\ndata_dir: {tmp_path / 'data'}\n")
+    code = (
+        "import sys; from relay.cli import main; rc = main(['intake', 'queue', '--config', "
+        f"{str(config)!r}]); assert 'anthropic' not in sys.modules, 'imported'; "
+        "sys.exit(rc)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "0 accepted, 0 rejected" in done.stdout
