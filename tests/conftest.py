@@ -35,8 +35,12 @@ def relay_factory(tmp_path: Path) -> Iterator[list[RelayProcess]]:
 def relay(
     tmp_path: Path, api: StandinAPI, ntfy: StandinNtfy, relay_factory: list[RelayProcess]
 ) -> RelayProcess:
-    config = write_config(tmp_path, api.url, ntfy={"server": ntfy.url, "topic": "relay-test"},
-                          history_char_cap=400_000)
+    config = write_config(
+        tmp_path,
+        api.url,
+        ntfy={"server": ntfy.url, "topic": "relay-test"},
+        history_char_cap=400_000,
+    )
     proc = RelayProcess(config)
     relay_factory.append(proc)
     return proc.start()

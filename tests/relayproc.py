@@ -51,8 +51,15 @@ class RelayProcess:
         self.config = config
         self.data = Path(yaml.safe_load(config.read_text())["data_dir"])
         self.env = {**os.environ, "ANTHROPIC_API_KEY": "sk-test", **(env or {})}
-        for name in ("RELAY_CONFIG", "ANTHROPIC_BASE_URL", "NOTIFY_SOCKET", "INVOCATION_ID",
-                     "JOURNAL_STREAM", "CREDENTIALS_DIRECTORY", "WATCHDOG_USEC"):
+        for name in (
+            "RELAY_CONFIG",
+            "ANTHROPIC_BASE_URL",
+            "NOTIFY_SOCKET",
+            "INVOCATION_ID",
+            "JOURNAL_STREAM",
+            "CREDENTIALS_DIRECTORY",
+            "WATCHDOG_USEC",
+        ):
             if env is None or name not in env:
                 self.env.pop(name, None)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -64,7 +71,10 @@ class RelayProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "relay", "run", "--config", str(self.config)],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         log.close()
         if wait_ready:
@@ -104,7 +114,11 @@ class RelayProcess:
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "relay", *args, "--config", str(self.config)],
-            env=self.env, input=stdin, capture_output=True, text=True, timeout=60,
+            env=self.env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
     def drop(self, name: str, envelope: dict[str, Any] | bytes) -> Path:
@@ -117,8 +131,11 @@ class RelayProcess:
         return queue / name
 
     def submit(self, session: str, content: str, envelope_id: str | None = None) -> Path:
-        envelope: dict[str, Any] = {"session_id": session, "content": content,
-                                    "timestamp": "2026-11-25T00:00:00Z"}
+        envelope: dict[str, Any] = {
+            "session_id": session,
+            "content": content,
+            "timestamp": "2026-11-25T00:00:00Z",
+        }
         if envelope_id:
             envelope["id"] = envelope_id
         name = f"{time.time_ns()}-{session}.json"
@@ -151,8 +168,9 @@ class RelayProcess:
             return None
         return data if isinstance(data, dict) else None
 
-    def wait_status(self, predicate: Callable[[dict[str, Any]], bool],
-                    timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+    def wait_status(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = DEFAULT_TIMEOUT
+    ) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             status = self.status()
             return status if status is not None and predicate(status) else None
@@ -167,5 +185,4 @@ class RelayProcess:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def queue_names(self) -> list[str]:
-        return sorted(p.name for p in (self.data / "queue").iterdir()
-                      if not p.name.startswith("."))
+        return sorted(p.name for p in (self.data / "queue").iterdir() if not p.name.startswith("."))
