@@ -6,9 +6,11 @@ the container's /usr/bin/python3 under the units' full sandbox):
 
 - ``serve``: Type=notify. Reads the ``anthropic-api-key`` credential (never prints it), sends
   READY=1 with a one-line STATUS= (a missing key is reported, not fatal), then WATCHDOG=1 from
-  its main loop every half WATCHDOG_USEC. SIGTERM -> STOPPING=1, exit 0.
+  its main loop every half WATCHDOG_USEC. SIGTERM -> STOPPING=1, exit 0. At start it writes
+  dispatch/stub-session/input.txt with the engine's modes (2770 dir, 0660 file).
 - ``intake queue``: moves every non-hidden entry of queue/ into state/inbox/, re-listing until
-  queue/ is empty (drain everything per run), then logs one summary line.
+  queue/ is empty (drain everything per run), then logs one summary line. Test hook: if a moved
+  name starts with ``stub-hang`` it then hangs (to exercise TimeoutStartSec=).
 - ``intake jc``: moves state/jc_input.txt into state/inbox/.
 - ``alert UNIT``: logs that UNIT failed (the real one posts to ntfy).
 
@@ -77,6 +79,7 @@ def serve() -> int:
         stopping = True
 
     signal.signal(signal.SIGTERM, on_term)
+    make_dispatch_file("stub-session")
     have_key = api_key() is not None
     status = "running" if have_key else "waiting: no API key (credential anthropic-api-key)"
     print(f"serve: started, API key {'present' if have_key else 'missing'}", flush=True)
@@ -87,6 +90,16 @@ def serve() -> int:
         main_loop_iteration(interval)
     notify("STOPPING=1")
     return 0
+
+
+def make_dispatch_file(session: str) -> None:
+    """What the engine does per dispatch: a 2770 session dir, a 0660 input.txt for clients."""
+    directory = DATA / "dispatch" / session
+    directory.mkdir(exist_ok=True)
+    os.chmod(directory, 0o2770)
+    target = directory / "input.txt"
+    target.write_text("dispatched by the stub\n")
+    os.chmod(target, 0o660)
 
 
 def main_loop_iteration(interval: float) -> None:
@@ -104,15 +117,25 @@ def intake_queue() -> int:
     queue, inbox = DATA / "queue", DATA / "state" / "inbox"
     inbox.mkdir(exist_ok=True)
     moved = 0
+    hang = False
     while names := visible_entries(queue):
         for name in names:
             os.rename(queue / name, inbox / name)
             moved += 1
+            hang = hang or name.startswith("stub-hang")
+    if hang:  # test hook: a wedged handler, after consuming its trigger
+        hang_forever()
     print(f"intake queue: {moved} moved", flush=True)
     journal(
         "relay-queue", f"intake queue: {moved} moved", STUB_EVENT="drained", STUB_MOVED=str(moved)
     )
     return 0
+
+
+def hang_forever() -> None:
+    print("intake queue: hanging (test hook)", flush=True)
+    while True:
+        time.sleep(60)
 
 
 def intake_jc() -> int:
