@@ -93,7 +93,8 @@ class Service:
             )
         if self.with_intake:
             inotify.add_watch(self.layout.queue, arrive | in_flags.ATTRIB)
-            inotify.add_watch(self.layout.state, in_flags.MOVED_TO | in_flags.CLOSE_WRITE)
+            # `relay reply` links jc_input.txt into place (IN_CREATE); editors rename it.
+            inotify.add_watch(self.layout.state, arrive)
         return inotify
 
     def run(self) -> int:

@@ -95,7 +95,8 @@ def test_direct_operator_message_skips_the_api(relay: RelayProcess, api: Standin
     relay.submit("session-1", "[[reply: [NEEDS-JC] which database?]]")
     relay.wait_status(lambda s: s["state"] == "needs_jc")
     calls = len(api.message_calls())
-    relay.reply("@session-2: please run the tests\nand report back")
+    done = relay.cli("reply", "-", stdin="@session-2: please run the tests\nand report back")
+    assert done.returncode == 0, done.stderr
     assert relay.wait_input("session-2") == "please run the tests\nand report back"
     assert not (relay.data / "state" / "jc_input.txt").exists()
     assert len(api.message_calls()) == calls
