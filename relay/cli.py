@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     intake_p = sub.add_parser("intake", parents=[common], help="what the path units run")
     intake_p.add_argument("what", choices=["queue", "jc"])
+    intake_p.add_argument(
+        "--linger",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="queue: keep taking new envelopes until quiet this long",
+    )
     alert = sub.add_parser("alert", parents=[common], help="push an ntfy alert that UNIT failed")
     alert.add_argument("unit")
     return parser
@@ -104,7 +111,7 @@ def dispatch(args: argparse.Namespace) -> int:
     config = _config(args)
     if command == "intake":
         relay_log.setup(f"relay-{'queue' if args.what == 'queue' else 'jc'}", verbose=verbose)
-        return _intake(config, args.what)
+        return _intake(config, args.what, args.linger)
     if command == "status":
         return _status(config, as_json=args.json)
     if command == "topic":
@@ -129,12 +136,12 @@ def _serve(args: argparse.Namespace, *, with_intake: bool, verbose: bool) -> int
     return service.run()
 
 
-def _intake(config: Config, what: str) -> int:
+def _intake(config: Config, what: str, linger_s: float) -> int:
     from relay import intake
 
     layout = Layout(config.data_dir)
     if what == "queue":
-        result = intake.drain_queue(config, layout)
+        result = intake.drain_queue_lingering(config, layout, linger_s)
     else:
         result = intake.drain_operator(layout)
     # One summary line on stdout: stream logging keeps the unit name even if the process

@@ -77,6 +77,26 @@ def drain_queue(config: Config, layout: Layout) -> IntakeResult:
     return result
 
 
+def drain_queue_lingering(config: Config, layout: Layout, linger_s: float) -> IntakeResult:
+    """Drain, then keep draining whatever arrives until the queue has been quiet for
+    `linger_s`. Under a steady trickle this keeps one handler run busy instead of starting
+    one per file, which protects the unit's start limit without delaying anything."""
+    from inotify_simple import INotify
+    from inotify_simple import flags as in_flags
+
+    layout.ensure_intake()
+    total = IntakeResult()
+    with INotify() as inotify:
+        # Watch before draining, so nothing that lands in between is missed.
+        inotify.add_watch(layout.queue, in_flags.MOVED_TO | in_flags.CLOSE_WRITE)
+        while True:
+            result = drain_queue(config, layout)
+            total.accepted += result.accepted
+            total.rejected += result.rejected
+            if linger_s <= 0 or not inotify.read(timeout=int(linger_s * 1000)):
+                return total
+
+
 def _finish_stale_claims(config: Config, layout: Layout, result: IntakeResult) -> None:
     with os.scandir(layout.inbox) as it:
         stale = sorted(e.name for e in it if e.name.startswith(CLAIM_PREFIX))

@@ -167,3 +167,27 @@ def test_the_handler_never_imports_anthropic(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "0 accepted, 0 rejected" in done.stdout
+
+
+def test_lingering_handler_takes_what_arrives_while_it_runs(
+    setup: tuple[Config, Layout],
+) -> None:
+    import threading
+    import time
+
+    config, layout = setup
+
+    def late_writer() -> None:
+        for i in range(3):
+            time.sleep(0.05)
+            tmp = layout.queue / f".late{i}.tmp"
+            tmp.write_bytes(envelope(content=f"late {i}"))
+            os.rename(tmp, layout.queue / f"late{i}.json")
+
+    (layout.queue / "first.json").write_bytes(envelope())
+    writer = threading.Thread(target=late_writer)
+    writer.start()
+    result = intake.drain_queue_lingering(config, layout, linger_s=0.5)
+    writer.join()
+    assert len(result.accepted) == 4
+    assert [p.name for p in layout.queue.iterdir()] == [".rejected"]
