@@ -74,6 +74,13 @@ MUTATIONS: list[tuple[str, str, str, str]] = [
     ("relay-conversation.service", "PartOf=relay.target\n", "", "PartOf=relay.target"),
     ("relay.target", "relay-jc.path", "", "Wants= should be exactly"),
     ("relay-jc.service", "User=relay", "User=root", "User=relay"),
+    ("relay-conversation.service", "SupplementaryGroups=relay-clients\n", "", "dispatch/"),
+    (
+        "relay-conversation.service",
+        "AmbientCapabilities=\n",
+        "AmbientCapabilities=\nRestrictSUIDSGID=yes\n",
+        "chmod(2770)",
+    ),
     ("relay-alert@.service", "Documentation=man:relay(1)\n", "", "Documentation="),
 ]
 

@@ -614,9 +614,12 @@ class Container:
         """One unit property (`systemctl show -P`), e.g. show("x.service", "ActiveState")."""
         return self.systemctl("show", "-P", prop, unit).stdout.strip()
 
-    def journal(self, *args: str) -> str:
-        """journalctl inside the container (volatile journal in /run/log/journal)."""
-        return self.run(["journalctl", "--no-pager", "-q", *args]).stdout
+    def journal(self, *args: str, check: bool = True) -> str:
+        """journalctl inside the container (volatile journal in /run/log/journal).
+
+        Note: `-u 'glob*'` matching no unit that has logged yet exits 1 ("No data available").
+        """
+        return self.run(["journalctl", "--no-pager", "-q", *args], check=check).stdout
 
     def journal_json(self, *args: str) -> list[dict[str, Any]]:
         """Entries as dicts (`-o json`); matches such as "FOO=bar" go in args."""
