@@ -127,7 +127,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, *, with_intake: bool, verbose: bool) -> int:
-    relay_log.setup("relay-conversation" if not with_intake else "relay", verbose=verbose)
+    relay_log.setup("relay-run" if with_intake else "relay-conversation", verbose=verbose)
     config = _config(args)
     from relay.service import Service, install_signal_handlers
 
@@ -164,6 +164,11 @@ def _status(config: Config, *, as_json: bool) -> int:
     except (OSError, ValueError) as exc:
         raise RelayError(f"cannot read {layout.status}: {exc}") from exc
     health = status_file.unit_health()
+    if current.get("state") != "stopped" and not status_file.pid_alive(current.get("pid")):
+        # The writer died without saying so (SIGKILL, power loss): don't claim it runs.
+        current["state_detail"] = f"not running (last seen {current.get('state')}, pid gone)"
+        current["state"] = "stopped"
+        current["stale"] = True
     if as_json:
         if health is not None:
             current["units"] = health

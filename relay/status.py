@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -26,6 +27,18 @@ def read(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError("status.json is not an object")
     return data
+
+
+def pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by another user (relay, when root is not asking)
+    return True
 
 
 def unit_health() -> dict[str, str] | None:

@@ -184,6 +184,9 @@ def test_status_persists_across_a_restart(relay: RelayProcess) -> None:
     assert "running" in shown.stdout and "session-2" in shown.stdout
     as_json = json.loads(relay.cli("status", "--json").stdout)
     assert as_json["history_turns"] == 1
+    relay.kill()  # a SIGKILL leaves "running" in status.json; `relay status` knows better
+    killed = json.loads(relay.cli("status", "--json").stdout)
+    assert killed["state"] == "stopped" and killed["stale"] is True
 
 
 def test_summarization_at_the_cap(
