@@ -1,0 +1,1 @@
+"""Loopback stand-ins for the Anthropic Messages API and ntfy (stdlib only)."""

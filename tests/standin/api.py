@@ -1,0 +1,927 @@
+"""A stand-in for the Anthropic Messages API, served on loopback for tests and demos.
+
+The real `anthropic` SDK (httpx2 underneath, so respx cannot intercept it) is pointed at this
+server with `base_url=`. It answers like the real API: success bodies with full `usage` including
+simulated prompt caching, error bodies, `request-id`, rate-limit and `retry-after` headers.
+
+stdlib only, on purpose: it also runs as a script under a bare `/usr/bin/python3` (in a container,
+for system tests and demos):
+
+    python3 tests/standin/api.py --host 127.0.0.1 --port 0 [--port-file F] [--api-key K]
+
+prints `http://127.0.0.1:PORT` once listening and serves until SIGTERM/SIGINT. Other processes
+steer it through `POST /_script`, `GET /_requests` and `POST /_reset`.
+
+Choosing the answer to `POST /v1/messages` (first match wins):
+  1. the script queue (`script(...)` or `POST /_script`), one action per request;
+  2. the `responder` callable, when it returns an action;
+  3. directives in the last user message: `[[delay: S]]`, `[[error: STATUS [TYPE [MESSAGE]]]]`
+     (or `[[error: credit]]`), `[[reply: TEXT]]`;
+  4. `"ack: "` + the first 80 characters of the last user message, whitespace collapsed.
+Auth and body validation happen before any of these, so a malformed request consumes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+from typing import Any, TypeAlias, cast
+
+CREDIT_BALANCE_MESSAGE = (
+    "Your credit balance is too low to access the Anthropic API. "
+    "Please go to Plans & Billing to upgrade or purchase credits."
+)
+
+# Error type the real API uses for each status (platform.claude.com/docs/en/api/errors).
+ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+_DEFAULT_MESSAGES: dict[str, str] = {
+    "invalid_request_error": "Invalid request",
+    "authentication_error": "invalid x-api-key",
+    "billing_error": "There is an issue with your billing information.",
+    "permission_error": "Your API key does not have permission to use the specified resource.",
+    "not_found_error": "Not found",
+    "rate_limit_error": "This request would exceed your organization's rate limit. "
+    "Please try again later.",
+    "api_error": "Internal server error",
+    "timeout_error": "Request timed out",
+    "overloaded_error": "Overloaded",
+}
+# http.server has no reason phrase for 529; the SDK does not care, curl -v readers do.
+_REASONS = {529: "Overloaded"}
+
+# Real API: each breakpoint looks back at most 20 blocks for an earlier cache entry.
+CACHE_LOOKBACK_BLOCKS = 20
+MAX_BREAKPOINTS = 4
+
+_MESSAGES_FIELDS = frozenset(
+    [
+        "model",
+        "max_tokens",
+        "messages",
+        "system",
+        "cache_control",
+        "container",
+        "diagnostics",
+        "inference_geo",
+        "metadata",
+        "output_config",
+        "service_tier",
+        "speed",
+        "stop_sequences",
+        "stream",
+        "thinking",
+        "tool_choice",
+        "tools",
+        "context_management",
+    ]
+)
+_COUNT_FIELDS = frozenset(
+    [
+        "model",
+        "messages",
+        "system",
+        "cache_control",
+        "output_config",
+        "output_format",
+        "speed",
+        "thinking",
+        "tool_choice",
+        "tools",
+        "context_management",
+    ]
+)
+
+_REPLY_RE = re.compile(r"\[\[reply: ?(.*?)\]\]", re.DOTALL)
+_ERROR_RE = re.compile(r"\[\[error:\s*(.*?)\]\]", re.DOTALL)
+_DELAY_RE = re.compile(r"\[\[delay:\s*([0-9]*\.?[0-9]+)\s*\]\]")
+
+
+# --- actions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Answer 200 with this text (truncated to `max_tokens` like the real model)."""
+
+    text: str
+    stop_reason: str = "end_turn"
+
+
+@dataclass(frozen=True)
+class Fail:
+    """Answer with an API error. `error_type` defaults from the status (529 → overloaded_error)."""
+
+    status: int
+    error_type: str | None = None
+    message: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    error_code: str | None = None  # → error.details.error_code (the SDK's `.error_code`)
+    retry_after: float | None = None  # → `retry-after` header, seconds
+
+
+@dataclass(frozen=True)
+class Delay:
+    """Sleep, then do `then` (None: answer as if this script entry were not there)."""
+
+    seconds: float
+    then: Action | None = None
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Close the connection without answering (the SDK raises APIConnectionError)."""
+
+
+Action: TypeAlias = Reply | Fail | Delay | Drop
+Responder: TypeAlias = Callable[[dict[str, Any]], Action | None]
+
+
+def credit_balance_too_low() -> Fail:
+    """The real "out of credit" answer: a plain 400, no error_code, not retried by the SDK."""
+    return Fail(400, "invalid_request_error", CREDIT_BALANCE_MESSAGE)
+
+
+def overloaded(retry_after: float | None = None) -> Fail:
+    return Fail(529, "overloaded_error", retry_after=retry_after)
+
+
+def rate_limited(retry_after: float | None = None) -> Fail:
+    return Fail(429, "rate_limit_error", retry_after=retry_after)
+
+
+def action_from_json(item: Any) -> Action:
+    """Decode one `POST /_script` entry, e.g. `{"reply": "x"}`, `{"drop": true}`,
+    `{"delay": 1.5, "reply": "x"}`, `{"fail": "credit_balance"}`,
+    `{"fail": {"status": 529, "type": "overloaded_error", "message": "...",
+    "headers": {"retry-after": "0.1"}, "error_code": "...", "retry_after": 0.1}}`."""
+    if not isinstance(item, dict):
+        raise ValueError(f"script entry must be an object: {item!r}")
+    rest = dict(item)
+    if "delay" in rest:
+        seconds = float(rest.pop("delay"))
+        return Delay(seconds, action_from_json(rest) if rest else None)
+    if rest.get("drop"):
+        return Drop()
+    if "reply" in rest:
+        return Reply(str(rest["reply"]), str(rest.get("stop_reason", "end_turn")))
+    fail = rest.get("fail")
+    if fail == "credit_balance":
+        return credit_balance_too_low()
+    if isinstance(fail, dict):
+        headers = fail.get("headers") or {}
+        retry_after = fail.get("retry_after")
+        return Fail(
+            status=int(fail["status"]),
+            error_type=fail.get("type"),
+            message=fail.get("message"),
+            headers={str(k): str(v) for k, v in headers.items()},
+            error_code=fail.get("error_code"),
+            retry_after=None if retry_after is None else float(retry_after),
+        )
+    raise ValueError(f"unknown script entry: {item!r}")
+
+
+# --- records -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str  # without the query string
+    headers: dict[str, str]  # lower-case names
+    body: Any  # parsed JSON, or None when empty or not JSON
+    status: int | None  # None while still being answered, 0 when dropped
+    time: float  # time.monotonic() at arrival, for measuring retry gaps
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "path": self.path,
+            "headers": self.headers,
+            "body": self.body,
+            "status": self.status,
+            "time": self.time,
+        }
+
+
+@dataclass
+class _Response:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class _Invalid(Exception):
+    """A request the real API would answer with 400 invalid_request_error."""
+
+
+# --- request model: render order, tokens, cache breakpoints ---------------------------------
+
+
+@dataclass(frozen=True)
+class _Block:
+    key: str  # canonical JSON of the block and its position, cache_control removed
+    tokens: int
+    cache_control: dict[str, Any] | None
+
+
+def _tokens(text: str) -> int:
+    return math.ceil(len(text) / 4)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _block(where: dict[str, Any], block: dict[str, Any]) -> _Block:
+    bare = {k: v for k, v in block.items() if k != "cache_control"}
+    text = bare.get("text")
+    tokens = _tokens(text) if isinstance(text, str) else _tokens(_canonical(bare))
+    return _Block(_canonical({**where, "block": bare}), tokens, block.get("cache_control"))
+
+
+def _check_cache_control(where: str, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict) or value.get("type") != "ephemeral":
+        raise _Invalid(f"{where}.cache_control.type: Input should be 'ephemeral'")
+    if value.get("ttl") not in (None, "5m", "1h"):
+        raise _Invalid(f"{where}.cache_control.ttl: Input should be '5m' or '1h'")
+
+
+def _content_blocks(where: str, content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        if not content:
+            raise _Invalid(f"{where}: text content blocks must be non-empty")
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, list) or not content:
+        raise _Invalid(f"{where}: Input should be a non-empty string or list of content blocks")
+    for j, block in enumerate(content):
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            raise _Invalid(f"{where}.{j}.type: Field required")
+        if block["type"] == "text" and not (isinstance(block.get("text"), str) and block["text"]):
+            raise _Invalid(f"{where}.{j}: text content blocks must be non-empty")
+        _check_cache_control(f"{where}.{j}", block.get("cache_control"))
+    return cast(list[dict[str, Any]], content)
+
+
+def _parse(body: Any, known: frozenset[str], *, need_max_tokens: bool) -> list[_Block]:
+    """Validate like the real API and return the prompt in render order: tools → system →
+    messages."""
+    if not isinstance(body, dict):
+        raise _Invalid("Input should be a valid dictionary")
+    for name in body:
+        if name not in known:
+            # Also how API version 2026-10-21 rejects temperature/top_p/top_k.
+            raise _Invalid(f"{name}: Extra inputs are not permitted")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise _Invalid("model: Field required")
+    if need_max_tokens:
+        max_tokens = body.get("max_tokens")
+        if max_tokens is None:
+            raise _Invalid("max_tokens: Field required")
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
+            raise _Invalid("max_tokens: Input should be a valid integer >= 0")
+    if body.get("stream"):
+        raise _Invalid("stream: the stand-in does not implement streaming")
+    _check_cache_control("cache_control", body.get("cache_control"))
+
+    blocks: list[_Block] = []
+    tools = body.get("tools") or []
+    if not isinstance(tools, list):
+        raise _Invalid("tools: Input should be a valid list")
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise _Invalid(f"tools.{i}: Input should be a valid dictionary")
+        _check_cache_control(f"tools.{i}", tool.get("cache_control"))
+        blocks.append(_block({"tool": i}, tool))
+
+    system = body.get("system")
+    if isinstance(system, str):
+        if system:
+            blocks.append(_block({"system": 0}, {"type": "text", "text": system}))
+    elif isinstance(system, list):
+        for j, block in enumerate(system):
+            if not isinstance(block, dict) or block.get("type") != "text":
+                raise _Invalid(f"system.{j}.type: Input should be 'text'")
+            if not isinstance(block.get("text"), str) or not block["text"]:
+                raise _Invalid("system: text content blocks must be non-empty")
+            _check_cache_control(f"system.{j}", block.get("cache_control"))
+            blocks.append(_block({"system": j}, block))
+    elif system is not None:
+        raise _Invalid("system: Input should be a valid string or list of text blocks")
+
+    messages = body.get("messages")
+    if messages is None:
+        raise _Invalid("messages: Field required")
+    if not isinstance(messages, list):
+        raise _Invalid("messages: Input should be a valid list")
+    if not messages:
+        raise _Invalid("messages: at least one message is required")
+    previous = None
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _Invalid(f"messages.{i}: Input should be a valid dictionary")
+        role = message.get("role")
+        if role == "system":
+            raise _Invalid(f"messages.{i}.role: role 'system' is not supported on this model")
+        if role not in ("user", "assistant"):
+            raise _Invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+        if i == 0 and role != "user":
+            raise _Invalid('messages: first message must use the "user" role')
+        if role == previous:
+            raise _Invalid(
+                'messages: roles must alternate between "user" and "assistant", '
+                f'but found multiple "{role}" roles in a row'
+            )
+        previous = role
+        for block in _content_blocks(f"messages.{i}.content", message.get("content")):
+            blocks.append(_block({"message": i, "role": role}, block))
+
+    breakpoints = sum(1 for b in blocks if b.cache_control is not None)
+    if body.get("cache_control") is not None and blocks[-1].cache_control is None:
+        breakpoints += 1  # automatic caching takes one of the four slots
+    if breakpoints > MAX_BREAKPOINTS:
+        raise _Invalid(
+            f"A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. "
+            f"Found {breakpoints}."
+        )
+    return blocks
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    for message in reversed(body["messages"]):
+        if message["role"] == "user":
+            content = message["content"]
+            if isinstance(content, str):
+                return content
+            return "\n".join(
+                b["text"] for b in content if b.get("type") == "text" and isinstance(b["text"], str)
+            )
+    return ""
+
+
+def directive_action(text: str) -> Action:
+    """The action the `[[...]]` directives in `text` ask for, else the default ack reply."""
+    action: Action
+    error = _ERROR_RE.search(text)
+    reply = _REPLY_RE.search(text)
+    if error:
+        action = _error_directive(error.group(1))
+    elif reply:
+        action = Reply(reply.group(1))
+    else:
+        action = Reply("ack: " + " ".join(text.split())[:80])
+    delay = _DELAY_RE.search(text)
+    return Delay(float(delay.group(1)), action) if delay else action
+
+
+def _error_directive(argument: str) -> Fail:
+    parts = argument.split(maxsplit=2)
+    if parts and parts[0] == "credit":
+        return credit_balance_too_low()
+    try:
+        status = int(parts[0])
+    except (IndexError, ValueError):
+        return Fail(500, "api_error", f"stand-in: bad error directive {argument!r}")
+    return Fail(
+        status,
+        parts[1] if len(parts) > 1 else None,
+        parts[2] if len(parts) > 2 else None,
+    )
+
+
+def _new_id(prefix: str) -> str:
+    return prefix + uuid.uuid4().hex[:24]
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+# --- the server ----------------------------------------------------------------------------
+
+
+class StandinAPI:
+    """The stand-in Messages API. Use as a context manager or call start()/stop().
+
+    `api_key`: when set, any other key gets 401 (otherwise any non-empty key is accepted).
+    `delay`: seconds slept before answering every /v1 request (mutable while running).
+    `responder`: called with the parsed body of each valid Messages request when the script queue
+    is empty; return an action, or None to fall through to directives and the default reply.
+    `min_cacheable_tokens`: breakpoints whose prefix is shorter are silently not cached.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str | None = None,
+        delay: float = 0.0,
+        responder: Responder | None = None,
+        min_cacheable_tokens: int = 0,
+        verbose: bool = False,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.api_key = api_key
+        self.delay = delay
+        self.responder = responder
+        self.min_cacheable_tokens = min_cacheable_tokens
+        self.verbose = verbose
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._script: deque[Action] = deque()
+        self._records: list[RecordedRequest] = []
+        self._cache: set[bytes] = set()
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # lifecycle
+
+    def start(self) -> StandinAPI:
+        self._server = _Server((self.host, self.port), _APIHandler, self.verbose)
+        self._server.owner = self
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="standin-api",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()  # wakes requests sleeping in a delay
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server.close_connections()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> StandinAPI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("StandinAPI is not running")
+        host, port = self._server.server_address[:2]
+        return f"http://{cast(str, host)}:{port}"
+
+    # steering and inspection
+
+    def script(self, *actions: Action) -> None:
+        """Queue actions; each Messages request consumes one, before any other rule."""
+        with self._lock:
+            self._script.extend(actions)
+
+    def pending_script(self) -> int:
+        with self._lock:
+            return len(self._script)
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A snapshot of every request so far, except the `/_` control endpoints."""
+        with self._lock:
+            return list(self._records)
+
+    def message_calls(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.method == "POST" and r.path == "/v1/messages"]
+
+    def wait_for_calls(self, count: int, timeout: float = 5.0) -> list[RecordedRequest]:
+        """Block until `count` Messages requests have been answered; raise TimeoutError."""
+
+        def answered() -> list[RecordedRequest]:
+            return [
+                r
+                for r in self._records
+                if r.path == "/v1/messages" and r.method == "POST" and r.status is not None
+            ]
+
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(answered()) >= count, timeout):
+                raise TimeoutError(
+                    f"expected {count} answered Messages calls within {timeout}s, "
+                    f"got {len(answered())}"
+                )
+            return answered()
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def reset(self) -> None:
+        """Forget records, script and prompt cache."""
+        with self._lock:
+            self._records.clear()
+            self._script.clear()
+            self._cache.clear()
+
+    # request handling (called from handler threads)
+
+    def _record(self, record: RecordedRequest) -> None:
+        with self._lock:
+            self._records.append(record)
+
+    def _finish(self, record: RecordedRequest, status: int) -> None:
+        with self._changed:
+            # Found by identity: reset() may have emptied or refilled the list meanwhile.
+            for i in range(len(self._records) - 1, -1, -1):
+                if self._records[i] is record:
+                    self._records[i] = replace(record, status=status)
+                    break
+            self._changed.notify_all()
+
+    def _sleep(self, seconds: float) -> None:
+        self._stopping.wait(seconds)
+
+    def handle(
+        self, method: str, path: str, headers: dict[str, str], raw: bytes
+    ) -> _Response | None:
+        """Answer one request; None means drop the connection."""
+        if path.startswith("/_"):
+            return self._control(method, path, raw)
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+            bad_json = True
+        else:
+            bad_json = False
+        record = RecordedRequest(method, path, headers, body, None, time.monotonic())
+        self._record(record)
+        try:
+            response = self._answer(method, path, headers, body, bad_json)
+        except Exception as exc:
+            # A bug here should fail the test loudly, not look like a network problem.
+            traceback.print_exc()
+            response = self._error(Fail(500, "api_error", f"stand-in crashed: {exc!r}"))
+        self._finish(record, 0 if response is None else response.status)
+        return response
+
+    def _answer(
+        self, method: str, path: str, headers: dict[str, str], body: Any, bad_json: bool
+    ) -> _Response | None:
+        if self.delay > 0:
+            self._sleep(self.delay)
+        key = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ")
+        if not key:
+            return self._error(Fail(401, message="x-api-key header is required"))
+        if self.api_key is not None and key != self.api_key:
+            return self._error(Fail(401, message="invalid x-api-key"))
+        if not headers.get("anthropic-version"):
+            return self._error(Fail(400, message="anthropic-version: header is required"))
+
+        if method == "GET" and path.startswith("/v1/models/"):
+            return self._model_info(path.removeprefix("/v1/models/"))
+        if method != "POST" or path not in ("/v1/messages", "/v1/messages/count_tokens"):
+            return self._error(Fail(404, message=f"Not found: {method} {path}"))
+        if bad_json:
+            return self._error(
+                Fail(400, message="There was an error parsing the body of your request.")
+            )
+        counting = path.endswith("/count_tokens")
+        try:
+            blocks = _parse(
+                body,
+                _COUNT_FIELDS if counting else _MESSAGES_FIELDS,
+                need_max_tokens=not counting,
+            )
+        except _Invalid as exc:
+            return self._error(Fail(400, message=str(exc)))
+        if counting:
+            return self._ok({"input_tokens": sum(b.tokens for b in blocks)})
+
+        with self._lock:
+            action: Action | None = self._script.popleft() if self._script else None
+        if action is None:
+            action = self._fallback(body)
+        while isinstance(action, Delay):
+            self._sleep(action.seconds)
+            action = action.then if action.then is not None else self._fallback(body)
+        if isinstance(action, Drop):
+            return None
+        if isinstance(action, Fail):
+            return self._error(action)
+        return self._message(body, blocks, action)
+
+    def _fallback(self, body: dict[str, Any]) -> Action:
+        if self.responder is not None:
+            action = self.responder(body)
+            if action is not None:
+                return action
+        return directive_action(_last_user_text(body))
+
+    def _message(self, body: dict[str, Any], blocks: list[_Block], reply: Reply) -> _Response:
+        text, stop_reason = reply.text, reply.stop_reason
+        max_tokens: int = body["max_tokens"]
+        if _tokens(text) > max_tokens:
+            text, stop_reason = text[: max_tokens * 4], "max_tokens"
+        uncached, read, created_5m, created_1h = self._cache_usage(body, blocks)
+        return self._ok(
+            {
+                "id": _new_id("msg_01"),
+                "type": "message",
+                "role": "assistant",
+                "model": body["model"],
+                "content": [{"type": "text", "text": text}] if text else [],
+                "stop_reason": stop_reason,
+                "stop_sequence": None,
+                "usage": {
+                    "input_tokens": uncached,
+                    "output_tokens": _tokens(text),
+                    "cache_creation_input_tokens": created_5m + created_1h,
+                    "cache_read_input_tokens": read,
+                    "cache_creation": {
+                        "ephemeral_5m_input_tokens": created_5m,
+                        "ephemeral_1h_input_tokens": created_1h,
+                    },
+                    "service_tier": "standard",
+                },
+            }
+        )
+
+    def _cache_usage(self, body: dict[str, Any], blocks: list[_Block]) -> tuple[int, int, int, int]:
+        """(input_tokens, cache_read, cache_write_5m, cache_write_1h) for this request.
+
+        The cache holds hashes of prefixes that ended at a breakpoint; the request reads the
+        longest stored prefix within the lookback window of one of its breakpoints, writes
+        everything from there up to its last breakpoint, and pays full price for the rest.
+        """
+        cumulative: list[int] = []
+        digests: list[bytes] = []
+        running, digest = 0, hashlib.sha256(body["model"].encode()).digest()  # model-scoped
+        for block in blocks:
+            running += block.tokens
+            digest = hashlib.sha256(digest + block.key.encode()).digest()
+            cumulative.append(running)
+            digests.append(digest)
+
+        controls: dict[int, dict[str, Any]] = {
+            i: block.cache_control
+            for i, block in enumerate(blocks)
+            if block.cache_control is not None
+        }
+        automatic = body.get("cache_control")
+        if automatic is not None and (len(blocks) - 1) not in controls:
+            controls[len(blocks) - 1] = automatic
+        breakpoints = sorted(
+            i for i in controls if cumulative[i] >= max(self.min_cacheable_tokens, 1)
+        )
+        if not breakpoints:
+            return running, 0, 0, 0
+
+        with self._lock:
+            hit = max(
+                (
+                    k
+                    for b in breakpoints
+                    for k in range(max(0, b - CACHE_LOOKBACK_BLOCKS), b + 1)
+                    if digests[k] in self._cache
+                ),
+                default=-1,
+            )
+            self._cache.update(digests[b] for b in breakpoints)
+
+        read = cumulative[hit] if hit >= 0 else 0
+        written = {"5m": 0, "1h": 0}
+        start = read
+        for b in breakpoints:
+            if b > hit:
+                written[controls[b].get("ttl") or "5m"] += cumulative[b] - start
+                start = cumulative[b]
+        return running - cumulative[breakpoints[-1]], read, written["5m"], written["1h"]
+
+    def _model_info(self, model_id: str) -> _Response:
+        return self._ok(
+            {
+                "type": "model",
+                "id": model_id,
+                "display_name": re.sub(r"(\d)-(\d)", r"\1.\2", model_id).replace("-", " ").title(),
+                "created_at": "2026-01-01T00:00:00Z",
+                "lifecycle": "active",
+                "deprecated_at": None,
+                "retires_at": None,
+                "max_input_tokens": 1_000_000,
+                "max_tokens": 128_000,
+            }
+        )
+
+    def _headers(self, request_id: str) -> dict[str, str]:
+        reset = (datetime.now(UTC) + timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        headers = {"request-id": request_id}
+        for kind, limit in (
+            ("requests", 4_000),
+            ("tokens", 2_000_000),
+            ("input-tokens", 2_000_000),
+            ("output-tokens", 400_000),
+        ):
+            headers[f"anthropic-ratelimit-{kind}-limit"] = str(limit)
+            headers[f"anthropic-ratelimit-{kind}-remaining"] = str(limit - 1)
+            headers[f"anthropic-ratelimit-{kind}-reset"] = reset
+        return headers
+
+    def _ok(self, payload: dict[str, Any]) -> _Response:
+        return _Response(200, _json_bytes(payload), self._headers(_new_id("req_011C")))
+
+    def _error(self, fail: Fail) -> _Response:
+        request_id = _new_id("req_011C")
+        error_type = fail.error_type or ERROR_TYPES.get(fail.status, "api_error")
+        error: dict[str, Any] = {
+            "type": error_type,
+            "message": fail.message or _DEFAULT_MESSAGES.get(error_type, error_type),
+        }
+        if fail.error_code is not None:
+            error["details"] = {"error_code": fail.error_code}
+        headers = self._headers(request_id)
+        if fail.retry_after is not None:
+            headers["retry-after"] = f"{fail.retry_after:g}"
+        headers.update({k.lower(): v for k, v in fail.headers.items()})
+        payload = {"type": "error", "error": error, "request_id": request_id}
+        return _Response(fail.status, _json_bytes(payload), headers)
+
+    def _control(self, method: str, path: str, raw: bytes) -> _Response:
+        if method == "GET" and path == "/_requests":
+            return _Response(200, _json_bytes([r.to_json() for r in self.requests]))
+        if method == "POST" and path == "/_script":
+            try:
+                items = json.loads(raw)
+                if not isinstance(items, list):
+                    items = [items]
+                actions = [action_from_json(item) for item in items]
+            except (ValueError, KeyError, TypeError) as exc:
+                return _Response(400, _json_bytes({"error": str(exc)}))
+            self.script(*actions)
+            return _Response(200, _json_bytes({"queued": self.pending_script()}))
+        if method == "POST" and path == "/_reset":
+            self.reset()
+            return _Response(200, _json_bytes({"reset": True}))
+        return _Response(404, _json_bytes({"error": f"no control endpoint {method} {path}"}))
+
+
+# --- HTTP plumbing -------------------------------------------------------------------------
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the SDK pools many connections; don't refuse bursts
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], verbose: bool
+    ) -> None:
+        super().__init__(address, handler)
+        self.verbose = verbose
+        self.owner: StandinAPI
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
+    def track(self, connection: socket.socket, alive: bool) -> None:
+        with self._connections_lock:
+            if alive:
+                self._connections.add(connection)
+            else:
+                self._connections.discard(connection)
+
+    def close_connections(self) -> None:
+        # Keep-alive connections outlive serve_forever(); without this a pooled SDK client would
+        # still be answered after stop(), so "API down" could not be simulated.
+        with self._connections_lock:
+            for connection in self._connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+            self._connections.clear()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that timed out before a delayed answer causes BrokenPipe: expected, not news.
+        if self.verbose:
+            super().handle_error(request, client_address)
+
+
+class _APIHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: the SDK reuses pooled connections
+
+    def setup(self) -> None:
+        super().setup()
+        cast(_Server, self.server).track(self.connection, alive=True)
+
+    def finish(self) -> None:
+        cast(_Server, self.server).track(self.connection, alive=False)
+        super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if cast(_Server, self.server).verbose:
+            super().log_message(format, *args)
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def _serve(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        path = self.path.split("?", 1)[0]
+        response = cast(_Server, self.server).owner.handle(self.command, path, headers, raw)
+        if response is None:
+            self.close_connection = True
+            return
+        self.send_response(response.status, _REASONS.get(response.status))
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(response.body)))
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(response.body)
+
+
+# --- script form ---------------------------------------------------------------------------
+
+
+def serve_until_signalled(url: str, port_file: str | None, stop: Callable[[], None]) -> int:
+    """Announce `url`, wait for SIGTERM/SIGINT, stop, return exit status 0."""
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    # A flag polled by sleep, not Event.wait(): a handler calling Event.set() can deadlock if the
+    # signal lands while the main thread holds the event's internal lock.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if port_file:
+        tmp = f"{port_file}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(url + "\n")
+        os.replace(tmp, port_file)  # readers never see a half-written file
+    print(url, flush=True)
+    while not stopping:
+        time.sleep(0.05)
+    stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Stand-in Anthropic Messages API on loopback.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--port-file", help="also write the URL to this file")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--api-key", help="require exactly this key")
+    parser.add_argument("--min-cacheable-tokens", type=int, default=0)
+    parser.add_argument("--verbose", action="store_true", help="log requests to stderr")
+    args = parser.parse_args(argv)
+    api = StandinAPI(
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        delay=args.delay,
+        min_cacheable_tokens=args.min_cacheable_tokens,
+        verbose=args.verbose,
+    )
+    api.start()
+    return serve_until_signalled(api.url, args.port_file, api.stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
