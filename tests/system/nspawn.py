@@ -12,6 +12,8 @@ Lifecycle::
 
     with Container() as c:                     # preflight + tmpfs + overlay + masks
         # --- before boot: files go into the overlay, commands run in a chroot of it ---
+        c.copy_in(Path("packaging/sysusers.d/relay.conf"), "/etc/sysusers.d/relay.conf")
+        c.setup_run(["systemd-sysusers"])      # so that owner="root:relay" resolves pre-boot
         c.write_file("/etc/relay/config.yaml", text, mode=0o640, owner="root:relay")
         c.copy_in(Path("units/relay.target"), "/etc/systemd/system/relay.target")
         c.setup_run(["systemctl", "enable", "relay.target"])   # offline enable in the chroot
@@ -35,9 +37,10 @@ API summary (container paths are absolute POSIX paths *inside* the container):
 - ``run(cmd, check=True, timeout=60, input=None, env=None)``: a command inside the booted
   container (``nsenter`` into its mount/uts/ipc/net/pid namespaces) with a clean environment.
   Raises ``CommandError`` (output included) when ``check`` and the exit status is not 0.
-- ``systemctl(*args, check=True)``, ``show(unit, prop)``, ``journal(*args)``,
+- ``systemctl(*args, check=True)``, ``show(unit, prop)``, ``journal(*args, check=True)``,
   ``journal_json(*args)``, ``cursor()`` (pass ``"--after-cursor", c.cursor()`` to only see what
-  a test caused when a container is shared).
+  a test caused when a container is shared). ``journalctl -u 'glob*'`` exits 1 ("No data
+  available") while no matching unit has logged yet: use ``check=False`` or ``-t IDENTIFIER``.
 - ``write_file(path, data, mode=0o644, owner=None)`` writes atomically (temp dot-file in the
   same directory, then ``rename``) so path units never see a half-written trigger;
   ``read_file(path)``, ``exists(path)``, ``copy_in(host_src, path, mode=None)``. They work
@@ -54,6 +57,12 @@ Each container gets a private parent cgroup (``<our cgroup>/relay-test-XXXX``) i
 name=systemd and unified hierarchies before nspawn starts: with ``--keep-unit`` nspawn puts the
 container in ``<its own cgroup>/payload``, so without it two containers at once would share one
 ``/payload`` tree and each systemd would manage (and kill) the other's unit cgroups.
+
+Known container artefacts (not bugs in the units under test): nspawn without
+``--private-network`` withholds CAP_NET_ADMIN, so a unit with ``PrivateNetwork=yes`` logs
+"Failed to configure loopback network device ... Operation not permitted" (it still runs,
+just without ``lo``); the host and the container share a machine-id (hence
+``--link-journal=no``); the journal is volatile (/run/log/journal), gone at teardown.
 
 Failures are loud: not root, or a missing ``systemd-nspawn``, raises ``HarnessError`` (CI runs
 as root; a system test that cannot run must fail, not skip).
