@@ -290,6 +290,9 @@ class _NtfyHandler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # Headers and body go out in separate writes; with Nagle on, the client's delayed
+        # ACK holds the body back ~40 ms per response, which no real server does.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         cast(_Server, self.server).track(self.connection, alive=True)
 
     def finish(self) -> None:
