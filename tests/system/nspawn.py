@@ -129,7 +129,7 @@ _NSPAWN_PID_FILE = "nspawn.pid"
 _CGROUPS_FILE = "cgroups"
 _PR_SET_PDEATHSIG = 1
 _BOOTED_STATES = frozenset({"running", "degraded"})
-_FAILED_STATES = frozenset({"maintenance", "stopping", "offline-final"})
+_FAILED_STATES = frozenset({"maintenance", "stopping"})  # "offline" = not up yet
 
 
 class HarnessError(RuntimeError):
