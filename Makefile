@@ -14,9 +14,8 @@ BUILD_DIR := dist/build
 deb:
 	@if ! command -v dpkg-checkbuilddeps >/dev/null 2>&1 \
 	    || ! dpkg-checkbuilddeps >/dev/null 2>&1; then \
-	    echo "make deb: installing build dependencies"; \
-	    $(SUDO) apt-get build-dep -y ./ \
-	    || { $(SUDO) apt-get update && $(SUDO) apt-get build-dep -y ./; }; \
+	    echo "make deb: installing the build dependencies"; \
+	    $(SUDO) apt-get update && $(SUDO) apt-get build-dep -y ./; \
 	fi
 	rm -rf $(BUILD_DIR)
 	mkdir -p $(BUILD_DIR)/relay
