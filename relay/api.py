@@ -5,6 +5,7 @@ the intake handlers never pay for it. SDK exceptions become `ApiError` here.
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -136,21 +137,32 @@ def _header(headers: Any, name: str) -> str | None:
 def retry_after(headers: Any, now: float | None = None) -> float | None:
     """Seconds the server asked us to wait (`retry-after-ms`, or `retry-after` in seconds
     or as an HTTP date), capped so a bad header cannot park relay for days."""
-    ms = _header(headers, "retry-after-ms")
-    if ms:
-        try:
-            return min(max(float(ms) / 1000.0, 0.0), MAX_RETRY_AFTER_S)
-        except ValueError:
-            pass
+    ms = _number(_header(headers, "retry-after-ms"))
+    if ms is not None:
+        return _clamp(ms / 1000.0)
     value = _header(headers, "retry-after")
     if not value:
         return None
-    try:
-        return min(max(float(value), 0.0), MAX_RETRY_AFTER_S)
-    except ValueError:
-        pass
+    seconds = _number(value)
+    if seconds is not None:
+        return _clamp(seconds)
     try:
         when = email.utils.parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError):
         return None
-    return min(max(when - (time.time() if now is None else now), 0.0), MAX_RETRY_AFTER_S)
+    return _clamp(when - (time.time() if now is None else now))
+
+
+def _number(text: str | None) -> float | None:
+    """A finite float, or None: "nan" and "inf" parse as floats but mean nothing here."""
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _clamp(seconds: float) -> float:
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)

@@ -132,7 +132,9 @@ class _Checker:
         return value
 
     def mapping(self, data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-        value = data.get(key) or {}
+        value = data.get(key)
+        if value is None:
+            return {}
         if not isinstance(value, Mapping):
             self.fail(key, f"must be a mapping, got {type(value).__name__}")
             return {}

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
@@ -80,7 +79,8 @@ class Notifier:
             try:
                 post(self.server, self.topic, push, self.timeout_s)
                 self.sent += 1
-            except (OSError, urllib.error.URLError, ValueError) as exc:
+            except Exception as exc:  # best effort: this thread must survive
+                # http.client raises HTTPException (not OSError) on a broken response.
                 self.failed += 1
                 event(
                     log,

@@ -8,6 +8,7 @@ conversation process writes here, under its lock, so "absent, then rename" canno
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -19,20 +20,25 @@ from relay.log import event
 log = logging.getLogger(__name__)
 
 
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]
+
+
 def pending_name(seq: int, key: str) -> str:
-    return f"{seq:012d}-{key}"[:240] + ".txt"
+    # The digest identifies the key exactly (names are cut to fit NAME_MAX, and one key can
+    # end with another); the readable tail is only for people looking at the directory.
+    return f"{seq:012d}-{key_digest(key)}-{key[:180]}.txt"
+
+
+def key_of(name: str) -> str:
+    return name[34:-4]
 
 
 def find_pending(layout: Layout, session: str, key: str) -> Path | None:
-    directory = layout.pending_dir(session)
-    suffix = f"-{key}"[:229]
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return None
-    for name in names:
-        if name.endswith(".txt") and name[:-4].endswith(suffix):
-            return directory / name
+    digest = key_digest(key)
+    for name in pending(layout, session):
+        if name[13:33] == digest:
+            return layout.pending_dir(session) / name
     return None
 
 
@@ -76,7 +82,7 @@ def deliver(layout: Layout, session: str) -> str | None:
     os.rename(source, target)
     fsutil.fsync_dir(target.parent)
     fsutil.fsync_dir(source.parent)
-    key = names[0][13:-4]
+    key = key_of(names[0])
     event(
         log, "dispatched", "dispatched reply %s to %s", key, session, session=session, envelope=key
     )
