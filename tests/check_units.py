@@ -305,21 +305,15 @@ def _check_handler(name: str, unit: Unit) -> list[str]:
 
 
 def _check_handler_pacing(name: str, unit: Unit) -> list[str]:
-    """Each path-triggered file can cost one run, so successful runs must be spaced (an
-    ExecStartPost= sleep) such that the start limit can never be reached by legitimate runs:
-    at most interval/pace + 1 starts per interval, which must stay below the burst."""
-    pace = next(
-        (
-            seconds(v.split()[1])
-            for v in values(unit, "Service", "ExecStartPost")
-            if v.split()[0].endswith("/sleep") and len(v.split()) == 2
-        ),
-        0.0,
-    )
+    """Each path-triggered file can cost one run, so every successful run must last at least
+    some `pace` (an ExecStartPost= sleep, or `relay intake ... --linger N`, which keeps a run
+    busy until the queue has been quiet N s) such that legitimate runs can never reach the
+    start limit: at most interval/pace + 1 starts per interval, below the burst."""
+    pace = handler_pace(unit)
     if pace <= 0:
         return [
-            f"{name}: ExecStartPost=/usr/bin/sleep N pacing missing (a trickle of files "
-            "otherwise hits the start limit)"
+            f"{name}: no pacing (ExecStartPost=/usr/bin/sleep N or --linger N): a trickle of "
+            "files otherwise costs one start each and hits the start limit"
         ]
     interval = seconds(value(unit, "Unit", "StartLimitIntervalSec") or "10s")
     burst = int(value(unit, "Unit", "StartLimitBurst") or "5")
@@ -327,6 +321,20 @@ def _check_handler_pacing(name: str, unit: Unit) -> list[str]:
     if most >= burst:
         return [f"{name}: {most} paced starts fit in {interval:g}s, StartLimitBurst={burst}"]
     return []
+
+
+def handler_pace(unit: Unit) -> float:
+    """Minimum duration of a successful handler run implied by the unit, in seconds."""
+    pace = 0.0
+    for line in values(unit, "Service", "ExecStartPost"):
+        argv = line.split()
+        if argv[0].endswith("/sleep") and len(argv) == 2:
+            pace += seconds(argv[1])
+    for line in values(unit, "Service", "ExecStart"):
+        match = re.search(r"--linger[= ](\d+(?:\.\d+)?)", line)
+        if match:
+            pace += float(match[1])
+    return pace
 
 
 def check_conversation(units: dict[str, Unit]) -> list[str]:

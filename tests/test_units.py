@@ -59,7 +59,7 @@ def _static(units_dir: Path) -> list[str]:
 MUTATIONS: list[tuple[str, str, str, str]] = [
     # (unit, old, new, expected fragment of a problem)
     ("relay-queue.service", "StartLimitBurst=60\n", "", "StartLimitBurst=5"),
-    ("relay-jc.service", "ExecStartPost=/usr/bin/sleep 1\n", "", "pacing missing"),
+    ("relay-jc.service", "ExecStartPost=/usr/bin/sleep 1\n", "", "no pacing"),
     ("relay-queue.service", "StartLimitBurst=60", "StartLimitBurst=30", "31 paced starts"),
     ("relay-queue.service", "TimeoutStartSec=120s\n", "", "TimeoutStartSec="),
     ("relay-jc.service", "PrivateNetwork=yes\n", "", "PrivateNetwork=yes"),
@@ -122,6 +122,20 @@ def test_exposure_catches_network_in_handler(units_copy: Path) -> None:
     _edit(units_copy, "relay-queue.service", "PrivateNetwork=yes\n", "")
     _edit(units_copy, "relay-queue.service", "RestrictAddressFamilies=AF_UNIX", "")
     assert any("relay-queue.service: exposure" in p for p in cu.check_exposure(units_copy))
+
+
+@pytest.mark.parametrize(
+    ("service", "pace"),
+    [
+        ("ExecStart=/usr/bin/relay intake queue\n", 0.0),
+        ("ExecStart=/usr/bin/relay intake queue --linger 1.5\n", 1.5),
+        ("ExecStart=/usr/bin/relay intake queue\nExecStartPost=/usr/bin/sleep 1\n", 1.0),
+    ],
+)
+def test_handler_pace(tmp_path: Path, service: str, pace: float) -> None:
+    unit_file = tmp_path / "x.service"
+    unit_file.write_text(f"[Service]\n{service}")
+    assert cu.handler_pace(cu.parse_unit(unit_file)) == pace
 
 
 @pytest.mark.parametrize(

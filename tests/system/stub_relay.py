@@ -9,7 +9,8 @@ the container's /usr/bin/python3 under the units' full sandbox):
   its main loop every half WATCHDOG_USEC. SIGTERM -> STOPPING=1, exit 0. At start it writes
   dispatch/stub-session/input.txt with the engine's modes (2770 dir, 0660 file).
 - ``intake queue``: moves every non-hidden entry of queue/ into state/inbox/, re-listing until
-  queue/ is empty (drain everything per run), then logs one summary line. Test hook: if a moved
+  queue/ is empty (drain everything per run), then logs one summary line; ``--linger N`` as the
+  real CLI (keep draining until quiet for N s). Test hook: if a moved
   name starts with ``stub-hang`` it then hangs (to exercise TimeoutStartSec=).
 - ``intake jc``: moves state/jc_input.txt into state/inbox/.
 - ``alert UNIT``: logs that UNIT failed (the real one posts to ntfy).
@@ -31,6 +32,7 @@ from types import FrameType
 
 DATA = Path("/var/lib/relay")
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
+LINGER_CAP_S = 60.0
 
 
 def journal(identifier: str, message: str, **fields: str) -> None:
@@ -113,9 +115,29 @@ def visible_entries(directory: Path) -> list[str]:
     return sorted(name for name in os.listdir(directory) if not name.startswith("."))
 
 
-def intake_queue() -> int:
+def intake_queue(linger: float = 0.0) -> int:
+    """Drain queue/; with `linger`, keep draining until it has been quiet that long (the real
+    relay's --linger; polled here, capped at LINGER_CAP_S so a run stays well inside
+    TimeoutStartSec=)."""
     queue, inbox = DATA / "queue", DATA / "state" / "inbox"
     inbox.mkdir(exist_ok=True)
+    moved = drain_into(queue, inbox)
+    started = last_activity = time.monotonic()
+    while linger > 0 and time.monotonic() - last_activity < linger:
+        if time.monotonic() - started > LINGER_CAP_S:
+            break
+        time.sleep(0.05)
+        if more := drain_into(queue, inbox):
+            moved += more
+            last_activity = time.monotonic()
+    print(f"intake queue: {moved} moved", flush=True)
+    journal(
+        "relay-queue", f"intake queue: {moved} moved", STUB_EVENT="drained", STUB_MOVED=str(moved)
+    )
+    return 0
+
+
+def drain_into(queue: Path, inbox: Path) -> int:
     moved = 0
     hang = False
     while names := visible_entries(queue):
@@ -125,11 +147,7 @@ def intake_queue() -> int:
             hang = hang or name.startswith("stub-hang")
     if hang:  # test hook: a wedged handler, after consuming its trigger
         hang_forever()
-    print(f"intake queue: {moved} moved", flush=True)
-    journal(
-        "relay-queue", f"intake queue: {moved} moved", STUB_EVENT="drained", STUB_MOVED=str(moved)
-    )
-    return 0
+    return moved
 
 
 def hang_forever() -> None:
@@ -161,6 +179,8 @@ def main(argv: list[str]) -> int:
             return serve()
         case ["intake", "queue"]:
             return intake_queue()
+        case ["intake", "queue", "--linger", seconds]:
+            return intake_queue(float(seconds))
         case ["intake", "jc"]:
             return intake_jc()
         case ["alert", unit]:
