@@ -65,13 +65,20 @@ def unlink_durable(path: Path) -> None:
 
 
 def makedirs(path: Path, mode: int) -> None:
-    """Create `path` (and parents) with exactly `mode`, leaving existing directories alone."""
+    """Create `path` (and parents) with exactly `mode`, leaving existing directories alone.
+
+    The mode is applied through the umask, not chmod: a directory inherits the setgid bit
+    of a setgid parent (dispatch/ is 2750, so files clients read get group relay-clients),
+    and chmod-ing a mode that carries the setgid bit is refused under RestrictSUIDSGID=yes.
+    Only the main thread creates files, so the brief umask change races with nothing.
+    """
     if path.is_dir():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    old = os.umask(0o777 & ~mode & 0o777)
     try:
-        os.mkdir(path, mode)
+        os.mkdir(path, mode & 0o1777)  # setgid comes from the parent, sticky from us
     except FileExistsError:
         return
-    # mkdir applies the umask (UMask=0077 under systemd); set the intended bits.
-    os.chmod(path, mode | (os.stat(path).st_mode & 0o2000))
+    finally:
+        os.umask(old)

@@ -77,10 +77,19 @@ def drain_queue(config: Config, layout: Layout) -> IntakeResult:
     return result
 
 
-def drain_queue_lingering(config: Config, layout: Layout, linger_s: float) -> IntakeResult:
+MAX_RUN_S = 60.0
+
+
+def drain_queue_lingering(
+    config: Config, layout: Layout, linger_s: float, max_run_s: float = MAX_RUN_S
+) -> IntakeResult:
     """Drain, then keep draining whatever arrives until the queue has been quiet for
     `linger_s`. Under a steady trickle this keeps one handler run busy instead of starting
-    one per file, which protects the unit's start limit without delaying anything."""
+    one per file, which protects the unit's start limit without delaying anything.
+
+    A run ends after `max_run_s` however busy the queue is (well inside the unit's
+    TimeoutStartSec=); the path unit's re-check starts the next one at once."""
+    deadline = time.monotonic() + max_run_s
     from inotify_simple import INotify
     from inotify_simple import flags as in_flags
 
@@ -93,7 +102,9 @@ def drain_queue_lingering(config: Config, layout: Layout, linger_s: float) -> In
             result = drain_queue(config, layout)
             total.accepted += result.accepted
             total.rejected += result.rejected
-            if linger_s <= 0 or not inotify.read(timeout=int(linger_s * 1000)):
+            remaining = deadline - time.monotonic()
+            wait_s = min(linger_s, remaining)
+            if wait_s <= 0 or not inotify.read(timeout=int(wait_s * 1000)):
                 return total
 
 

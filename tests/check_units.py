@@ -350,8 +350,6 @@ def check_conversation(units: dict[str, Unit]) -> list[str]:
         problems.append(f"{CONVERSATION}: WatchdogSec= missing")
     if "relay-clients" not in words(unit, "Service", "SupplementaryGroups"):
         problems.append(f"{CONVERSATION}: SupplementaryGroups=relay-clients missing (dispatch/)")
-    if value(unit, "Service", "RestrictSUIDSGID") == "yes":
-        problems.append(f"{CONVERSATION}: RestrictSUIDSGID=yes makes chmod(2770) fail (dispatch/)")
     if "PYTHONFAULTHANDLER=1" not in words(unit, "Service", "Environment"):
         problems.append(f"{CONVERSATION}: Environment=PYTHONFAULTHANDLER=1 missing")
     problems += _check_restart_pacing(unit)

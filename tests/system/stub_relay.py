@@ -95,13 +95,17 @@ def serve() -> int:
 
 
 def make_dispatch_file(session: str) -> None:
-    """What the engine does per dispatch: a 2770 session dir, a 0660 input.txt for clients."""
+    """What the engine does per dispatch: a 2770 session dir (mode through the umask, setgid
+    inherited from dispatch/, as relay.fsutil.makedirs does), a 0640 input.txt for clients."""
     directory = DATA / "dispatch" / session
-    directory.mkdir(exist_ok=True)
-    os.chmod(directory, 0o2770)
+    old = os.umask(0o007)
+    try:
+        directory.mkdir(mode=0o770, exist_ok=True)
+    finally:
+        os.umask(old)
     target = directory / "input.txt"
     target.write_text("dispatched by the stub\n")
-    os.chmod(target, 0o660)
+    os.chmod(target, 0o640)
 
 
 def main_loop_iteration(interval: float) -> None:

@@ -100,10 +100,10 @@ def test_credential_is_loaded_and_not_leaked(relay: Container) -> None:
 
 
 def test_dispatch_files_stay_readable_by_clients(relay: Container) -> None:
-    # The stub does what the engine does: mkdir + chmod 2770, write input.txt, chmod 0660.
+    # The stub does what the engine does: mkdir 2770 via the umask, input.txt 0640.
     session = f"{DATA}/dispatch/stub-session"
     out = relay.run(["stat", "-c", "%A %G", session, f"{session}/input.txt"]).stdout.split("\n")
-    assert out[:2] == ["drwxrws--- relay-clients", "-rw-rw---- relay-clients"]
+    assert out[:2] == ["drwxrws--- relay-clients", "-rw-r----- relay-clients"]
 
 
 BURST = r"""
