@@ -22,7 +22,6 @@ from inotify_simple import flags as in_flags
 from relay import conversation as conv
 from relay import history
 from tests.relayproc import RelayProcess, write_config
-from tests.standin.api import StandinAPI
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -31,8 +30,9 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def drop_to_dispatch(work: Path, count: int) -> list[float]:
-    api_proc = subprocess.Popen([sys.executable, "tests/standin/api.py", "--port", "0"],
-                                stdout=subprocess.PIPE, text=True)
+    api_proc = subprocess.Popen(
+        [sys.executable, "tests/standin/api.py", "--port", "0"], stdout=subprocess.PIPE, text=True
+    )
     assert api_proc.stdout is not None
     url = api_proc.stdout.readline().strip()
     relay = RelayProcess(write_config(work, url))
@@ -64,9 +64,19 @@ def history_load(work: Path, chars: int, runs: int) -> tuple[list[float], int]:
     seq, total = 1, 0
     while total < chars:
         user, reply = f"[from session-{seq % 2 + 1}]\n" + "u" * 700, "r" * 1300
-        h.append(conv.turn_record(seq=seq, key=f"q-{seq:020d}-x.json", session="session-1",
-                                  user=user, reply=reply, target="session-1", needs_jc=False,
-                                  ts="2026-11-25T00:00:00Z", cost_usd=0.01))
+        h.append(
+            conv.turn_record(
+                seq=seq,
+                key=f"q-{seq:020d}-x.json",
+                session="session-1",
+                user=user,
+                reply=reply,
+                target="session-1",
+                needs_jc=False,
+                ts="2026-11-25T00:00:00Z",
+                cost_usd=0.01,
+            )
+        )
         total += len(user) + len(reply)
         seq += 1
     h.close()
@@ -86,8 +96,8 @@ def main() -> int:
     args = parser.parse_args()
     os.chdir(Path(__file__).resolve().parent.parent)
     with tempfile.TemporaryDirectory() as tmp:
-        latency = drop_to_dispatch(Path(tmp) / "fg", args.envelopes) if (
-            (Path(tmp) / "fg").mkdir() is None) else []
+        (Path(tmp) / "fg").mkdir()
+        latency = drop_to_dispatch(Path(tmp) / "fg", args.envelopes)
         loads, chars = history_load(Path(tmp), 400_000, 30)
     ms = [x * 1000 for x in latency]
     load_ms = [x * 1000 for x in loads]
@@ -95,8 +105,11 @@ def main() -> int:
         ("drop→dispatch p50 (foreground)", f"{statistics.median(ms):.1f} ms", "≤ 30 ms"),
         ("drop→dispatch p99 (foreground)", f"{percentile(ms, 99):.1f} ms", "≤ 100 ms"),
         ("drop→dispatch max", f"{max(ms):.1f} ms", ""),
-        (f"history load ({chars} chars), median", f"{statistics.median(load_ms):.1f} ms",
-         "≤ 100 ms"),
+        (
+            f"history load ({chars} chars), median",
+            f"{statistics.median(load_ms):.1f} ms",
+            "≤ 100 ms",
+        ),
     ]
     print(f"\nrelay foreground benchmark: {len(ms)} envelopes, stand-in API at zero delay")
     width = max(len(r[0]) for r in rows)
