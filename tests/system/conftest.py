@@ -17,11 +17,13 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 
 import pytest
 
 from .nspawn import Container, booted_container
+from .relaydeb import build_deb
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -50,3 +52,15 @@ def system_container() -> Iterator[Container]:
     """A booted container shared by the whole session."""
     with booted_container() as container:
         yield container
+
+
+@pytest.fixture(scope="session")
+def relay_deb() -> Path:
+    """relay's .deb, built from this tree with dpkg-buildpackage (cached by content)."""
+    return build_deb()
+
+
+@pytest.fixture(scope="session")
+def relay_deb_upgrade(relay_deb: Path) -> Path:
+    """The same tree as a higher Debian revision, for upgrade tests."""
+    return build_deb(revision="2")
