@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 BLOCKED_RETRY_S = 300.0
 MAX_BACKOFF_S = 300.0
 KEY_RECHECK_S = 5.0
+WRITE_RETRY_S = 10
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class Engine:
         self._key_checked = -1e9
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="api")
         self._inflight: tuple[Call, concurrent.futures.Future[ApiReply]] | None = None
+        self._unrecorded: tuple[Call, ApiReply, float] | None = None
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.retry_at = 0.0
         self.failures = 0
@@ -152,10 +154,12 @@ class Engine:
         self._drain_wake()
         if self._inflight is not None and self._inflight[1].done():
             self._finish_call()
+        elif self._unrecorded is not None and self.monotonic() >= self.retry_at:
+            self._record()
         for session in self.config.sessions:
             if outbox.deliver(self.layout, session) is not None:
                 self.last_dispatch_session = session
-        if self._inflight is None and start_new:
+        if self._inflight is None and self._unrecorded is None and start_new:
             self.refresh_key()
             self._start_next()
         self.write_status()
@@ -298,7 +302,7 @@ class Engine:
 
     @property
     def busy(self) -> bool:
-        return self._inflight is not None
+        return self._inflight is not None or self._unrecorded is not None
 
     def _finish_call(self) -> None:
         assert self._inflight is not None
@@ -314,11 +318,42 @@ class Engine:
             self._api_failed(call, ApiError(f"unexpected error: {exc}", transient=True))
             return
         self.failures, self.retry_at, self.blocked_reason = 0, 0.0, None
-        cost = self._account(call, reply)
-        if call.kind == "summary":
-            self._summarized(reply, cost)
-        else:
-            self._turn_done(call, reply, cost)
+        try:
+            cost = self._account(call, reply)
+        except OSError as exc:  # the ledger is accounting: a full disk must not stop work
+            log.error("cannot write the cost ledger: %s", exc)
+            cost = 0.0
+        self._unrecorded = (call, reply, cost)
+        self._record()
+
+    def _record(self) -> None:
+        """Record the answered call; on a write error (a full disk) keep the reply in memory
+        and retry, rather than crash and pay for the same call again after a restart."""
+        assert self._unrecorded is not None
+        call, reply, cost = self._unrecorded
+        try:
+            if call.kind == "summary":
+                self._summarized(reply, cost)
+            elif self.records and self.records[-1].get("key") == call.key:
+                self._after_turn(call.key, self.records[-1])  # recorded; finish the rest
+            else:
+                self._turn_done(call, reply, cost)
+        except OSError as exc:
+            self.last_error = f"cannot record the reply to {call.key}: {exc}"
+            self.retry_at = self.monotonic() + WRITE_RETRY_S
+            event(
+                log,
+                "write_error",
+                "%s; retrying in %ds (the reply is kept in memory)",
+                self.last_error,
+                WRITE_RETRY_S,
+                envelope=call.key,
+                level=logging.ERROR,
+            )
+            return
+        self._unrecorded = None
+        if self.last_error and self.last_error.startswith("cannot record"):
+            self.last_error = None
 
     def _api_failed(self, call: Call, exc: ApiError) -> None:
         self.last_error = exc.message
@@ -566,7 +601,11 @@ class Engine:
         comparable = {k: v for k, v in current.items() if k != "updated_at"}
         stale = self.monotonic() - self._status_time > 30.0
         if force or stale or comparable != self._status_written:
-            status_file.write(self.layout.status, current)
+            try:
+                status_file.write(self.layout.status, current)
+            except OSError as exc:  # a report: never worth stopping work for
+                log.warning("cannot write %s: %s", self.layout.status, exc)
+                return current
             self._status_written = comparable
             self._status_time = self.monotonic()
         return current

@@ -271,3 +271,36 @@ def test_summary_is_skipped_when_kept_turns_alone_exceed_the_cap(tmp_path: Path)
     assert len(api.calls) == 3
     assert all("[from relay]" not in json.dumps(c[-1]) for c in api.calls)
     engine.close()
+
+
+def test_full_disk_while_recording_keeps_the_reply_and_never_calls_twice(
+    world: tuple[Config, Layout, FakeApi, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    _, layout, api, clock = world
+    engine = make(world)
+    real_append = history.HistoryFile.append
+    failures = [OSError(errno.ENOSPC, "No space left on device")] * 2
+
+    def flaky_append(self: history.HistoryFile, record: history.Record) -> None:
+        if failures:
+            raise failures.pop()
+        real_append(self, record)
+
+    monkeypatch.setattr(history.HistoryFile, "append", flaky_append)
+    put_envelope(layout, "a.json", "session-1", "hello")
+    settle(engine)
+    status = engine.status()
+    assert "No space left" in status["last_error"] and status["state"] == "backoff"
+    assert not layout.input_file("session-1").exists()
+    clock.now += 11
+    settle(engine)  # still full
+    assert not layout.input_file("session-1").exists()
+    clock.now += 11
+    settle(engine)  # space again
+    assert layout.input_file("session-1").read_text() == "re: [from session-1]\nhello"
+    assert len(api.calls) == 1  # the answered call was never repeated
+    assert [r["key"] for r in history.load(layout.history)] == [f"q-{1:020d}-a.json"]
+    assert engine.status()["last_error"] is None
+    engine.close()
