@@ -119,10 +119,19 @@ def config_yaml(api_url: str, ntfy_url: str | None, **extra: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def copy_deb(container: Container, deb: Path) -> str:
+    """Put the package inside the container. Host paths are not all visible there (nspawn
+    mounts its own /tmp, and a CI checkout may live under /tmp), so it is copied in."""
+    inside = f"/var/cache/relay-test/{deb.name}"
+    container.run(["mkdir", "-p", "/var/cache/relay-test"])
+    container.copy_in(deb, inside, mode=0o644)
+    return inside
+
+
 def install(container: Container, deb: Path) -> None:
     """`apt install ./relay_….deb` inside the booted container, as a user would."""
     container.run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", str(deb)],
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", copy_deb(container, deb)],
         timeout=300,
         env={"DEBIAN_FRONTEND": "noninteractive"},
     )
