@@ -88,6 +88,7 @@ class Engine:
         self._unrecorded: tuple[Call, ApiReply, float] | None = None
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.retry_at = 0.0
+        self._now = monotonic()
         self.failures = 0
         self.blocked_reason: str | None = None
         self.last_error: str | None = None
@@ -151,10 +152,13 @@ class Engine:
 
     def tick(self, start_new: bool = True) -> float:
         """Do everything that can be done now; return how long the caller may sleep."""
+        # One clock reading per tick: deciding "not yet" and then computing the wait from a
+        # later reading lost a retry whose time fell in between (a 30 s stall).
+        self._now = self.monotonic()
         self._drain_wake()
         if self._inflight is not None and self._inflight[1].done():
             self._finish_call()
-        elif self._unrecorded is not None and self.monotonic() >= self.retry_at:
+        elif self._unrecorded is not None and self._now >= self.retry_at:
             self._record()
         for session in self.config.sessions:
             if outbox.deliver(self.layout, session) is not None:
@@ -165,8 +169,8 @@ class Engine:
         self.write_status()
         if self._inflight is not None:
             return 1.0
-        if self.retry_at > self.monotonic():
-            return max(0.01, min(self.retry_at - self.monotonic(), 5.0))
+        if self.retry_at > self._now:
+            return max(0.01, min(self.retry_at - self._now, 5.0))
         return 5.0 if self.api is None else 30.0
 
     def _start_next(self) -> None:
@@ -180,7 +184,7 @@ class Engine:
                 return
 
     def _api_ready(self) -> bool:
-        return self.api is not None and self.monotonic() >= self.retry_at
+        return self.api is not None and self._now >= self.retry_at
 
     def _operator_item(self, name: str) -> bool:
         """Handle operator input; True when an API call was started or must wait."""
@@ -188,25 +192,7 @@ class Engine:
         if session is not None:
             self._direct(name, session, body)
             return False
-        if not self._api_ready():
-            return True
-        if self._needs_summary():
-            self._start_summary()
-            return True
-        target = conv.operator_target(self.state)
-        user = conv.user_text(conv.OPERATOR, body)
-        self._start(
-            Call(
-                "turn",
-                name,
-                conv.OPERATOR,
-                user,
-                target,
-                conv.render_system(self.config.system_prompt),
-                conv.render_messages(self.records, user),
-            )
-        )
-        return True
+        return self._turn(name, conv.OPERATOR, body, conv.operator_target(self.state))
 
     def _read_operator(self, name: str) -> str:
         return (self.layout.inbox / name).read_text(encoding="utf-8")
@@ -245,23 +231,20 @@ class Engine:
             # Valid at intake but not now (e.g. the session was removed from the config).
             intake.reject(self.layout, path, name.split("-", 2)[-1], str(exc))
             return False
+        return self._turn(name, envelope.session_id, envelope.content, envelope.session_id)
+
+    def _turn(self, key: str, source: str, content: str, target: str | None) -> bool:
+        """Start the API call for one turn (a summarization first, when one is due).
+        Returns True: the item is in hand, or must wait for the API."""
         if not self._api_ready():
             return True
         if self._needs_summary():
             self._start_summary()
             return True
-        user = conv.user_text(envelope.session_id, envelope.content)
-        self._start(
-            Call(
-                "turn",
-                name,
-                envelope.session_id,
-                user,
-                envelope.session_id,
-                conv.render_system(self.config.system_prompt),
-                conv.render_messages(self.records, user),
-            )
-        )
+        user = conv.user_text(source, content)
+        system = conv.render_system(self.config.system_prompt)
+        messages = conv.render_messages(self.records, user)
+        self._start(Call("turn", key, source, user, target, system, messages))
         return True
 
     # ---- API calls ----------------------------------------------------------------------

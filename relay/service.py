@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import select
 import signal
@@ -134,7 +135,7 @@ class Service:
                 if line != last_status:
                     self.sd.status(line)
                     last_status = line
-                if poller.poll(int(timeout * 1000)):
+                if poller.poll(math.ceil(timeout * 1000)):  # never wake just before a deadline
                     with contextlib.suppress(BlockingIOError):
                         inotify.read(timeout=0)
         finally:

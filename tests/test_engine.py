@@ -304,3 +304,42 @@ def test_full_disk_while_recording_keeps_the_reply_and_never_calls_twice(
     assert [r["key"] for r in history.load(layout.history)] == [f"q-{1:020d}-a.json"]
     assert engine.status()["last_error"] is None
     engine.close()
+
+
+@pytest.mark.parametrize("early", [i * 0.03 for i in range(12)])
+def test_a_retry_that_falls_due_during_a_tick_is_not_slept_through(
+    world: tuple[Config, Layout, FakeApi, Clock], early: float
+) -> None:
+    config, layout, api, _ = world
+
+    class Ticking(Clock):
+        """Time moves on every reading, as it does while a tick runs."""
+
+        def __call__(self) -> float:
+            self.now += 0.02
+            return self.now
+
+    clock = Ticking()
+    api.errors.append(ApiError("HTTP 529: overloaded", transient=True, retry_after=1.0))
+    engine = Engine(
+        config,
+        layout,
+        lambda key, cfg: api,
+        FakeNotifier(),
+        environ={"ANTHROPIC_API_KEY": "k"},
+        monotonic=clock,
+    )
+    engine.recover()
+    put_envelope(layout, "a.json", "session-1", "hello")
+    waits = []
+    for _ in range(60):
+        wait = engine.tick()
+        engine.wait_inflight(5)
+        if len(api.calls) == 2:
+            break
+        waits.append(wait)
+        # The caller may wake a little early (a poll timeout rounded down used to).
+        clock.now += max(wait - early, 0.0)
+    assert len(api.calls) == 2, f"never retried; waits were {waits}"
+    assert max(waits) < 5.0, f"slept through the retry: {waits}"
+    engine.close()
