@@ -219,11 +219,13 @@ def _submit(config: Config, session: str, source: str, envelope_id: str | None) 
             f"{config.max_envelope_bytes} (max_envelope_bytes)"
         )
     queue = Layout(config.data_dir).queue
-    if not queue.is_dir():
-        raise RelayError(f"{queue} does not exist: is relay installed and data_dir right?")
+    _check_dir(queue, "submit")
     name = f"{time.strftime('%Y%m%dT%H%M%S')}-{session}-{secrets.token_hex(4)}.json"
     # Staged under a dot-name (ignored by intake and the path unit), then renamed in.
-    fsutil.atomic_write(queue / name, data, 0o640)
+    try:
+        fsutil.atomic_write(queue / name, data, 0o640)
+    except PermissionError:
+        raise RelayError(_denied(queue, "submit")) from None
     print(queue / name)
     return 0
 
@@ -233,10 +235,12 @@ def _reply(config: Config, text: str) -> int:
     if not body.strip():
         raise UsageError("refusing to send an empty reply")
     layout = Layout(config.data_dir)
-    if not layout.state.is_dir():
-        raise RelayError(f"{layout.state} does not exist: is relay installed and data_dir right?")
+    _check_dir(layout.state, "reply")
     tmp = layout.state / f".jc_input.{os.getpid()}.tmp"
-    fsutil.atomic_write(tmp, body.encode("utf-8"), 0o644)
+    try:
+        fsutil.atomic_write(tmp, body.encode("utf-8"), 0o644)
+    except PermissionError:
+        raise RelayError(_denied(layout.state, "reply")) from None
     try:
         # link() never replaces: an earlier reply not yet consumed is not overwritten.
         deadline = time.monotonic() + REPLY_WAIT_S
@@ -256,6 +260,22 @@ def _reply(config: Config, text: str) -> int:
         os.unlink(tmp)
     _give_to_state_owner(layout.jc_input, layout.state)
     return 0
+
+
+def _denied(directory: Path, what: str) -> str:
+    who = "members of the relay-clients group" if what == "submit" else "root (sudo relay reply)"
+    return f"cannot write to {directory}: permission denied; only {who} may {what}"
+
+
+def _check_dir(directory: Path, what: str) -> None:
+    try:
+        os.stat(directory)
+    except PermissionError:
+        raise RelayError(_denied(directory, what)) from None
+    except FileNotFoundError:
+        raise RelayError(
+            f"{directory} does not exist: is relay installed, and is data_dir in the config right?"
+        ) from None
 
 
 def _give_to_state_owner(path: Path, state: Path) -> None:

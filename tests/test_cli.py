@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -166,3 +167,19 @@ def test_alert_with_unreachable_ntfy_fails_clearly(config: Path) -> None:
     run("topic", "--config", str(config))
     done = run("alert", "--config", str(config), "relay-queue.path")
     assert done.returncode == 1 and "could not send the alert" in done.stderr
+
+
+def test_submit_without_permission_says_who_may(
+    config: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Root ignores directory modes, so inject the refusal a non-member would get.
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cli.fsutil, "atomic_write", refuse)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"hello")))
+    code = cli.main(["submit", "--config", str(config), "--session", "session-1", "-"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "permission denied" in err and "relay-clients" in err
+    assert "Traceback" not in err
