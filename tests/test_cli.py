@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from relay import cli
+from relay import cli, fsutil
 from relay.config import load_config
 from relay.envelope import parse_envelope
 
@@ -176,7 +176,7 @@ def test_submit_without_permission_says_who_may(
     def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(cli.fsutil, "atomic_write", refuse)
+    monkeypatch.setattr(fsutil, "atomic_write", refuse)
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"hello")))
     code = cli.main(["submit", "--config", str(config), "--session", "session-1", "-"])
     err = capsys.readouterr().err
