@@ -129,7 +129,12 @@ def copy_deb(container: Container, deb: Path) -> str:
 
 
 def install(container: Container, deb: Path) -> None:
-    """`apt install ./relay_….deb` inside the booted container, as a user would."""
+    """`apt install ./relay_….deb` inside the booted container, as a user would.
+
+    The host image ships /usr/sbin/policy-rc.d answering 101 ("never start services"), which
+    the container inherits and deb-systemd-invoke obeys; a real Debian machine has none, so
+    it goes first, and the package's own start-on-install is what gets tested."""
+    container.run(["rm", "-f", "/usr/sbin/policy-rc.d"])
     container.run(
         ["apt-get", "install", "-y", "-q", "--no-install-recommends", copy_deb(container, deb)],
         timeout=300,
