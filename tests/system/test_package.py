@@ -8,7 +8,7 @@ purge, lintian, and the package's own autopkgtest.
 The host (and so every container, an overlay of the host root) is a Docker image whose
 /usr/sbin/policy-rc.d exits 101, "never start services": deb-systemd-invoke obeys it, so the
 postinst would neither start relay.target on install nor restart it on upgrade. A real Debian
-machine has no policy-rc.d, so each container removes it before installing.
+machine has no policy-rc.d, so relaydeb.install() removes it before installing.
 """
 
 from __future__ import annotations
@@ -56,8 +56,7 @@ def installed(deb: Path) -> Iterator[Container]:
     """A freshly booted container with `deb` installed by apt (nothing configured)."""
     with Container() as container:
         container.boot()
-        container.run(["rm", "-f", "/usr/sbin/policy-rc.d"])  # see the module docstring
-        install(container, deb)
+        install(container, deb)  # also drops the host image's policy-rc.d
         yield container
 
 
