@@ -31,3 +31,10 @@ deb:
 
 clean-deb:
 	rm -rf $(BUILD_DIR) dist/relay_*.deb dist/relay_*.changes dist/relay_*.buildinfo
+
+# Benchmarks (not tests; they print tables, never assert timings). bench.systemd
+# boots systemd in systemd-nspawn with the package installed, so it needs root.
+.PHONY: bench
+bench:
+	.venv/bin/python -m bench.foreground
+	.venv/bin/python -m bench.systemd
