@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -220,7 +219,7 @@ def _submit(config: Config, session: str, source: str, envelope_id: str | None) 
         )
     queue = Layout(config.data_dir).queue
     _check_dir(queue, "submit")
-    name = f"{time.strftime('%Y%m%dT%H%M%S')}-{session}-{secrets.token_hex(4)}.json"
+    name = f"{time.strftime('%Y%m%dT%H%M%S')}-{session}-{os.urandom(4).hex()}.json"
     # Staged under a dot-name (ignored by intake and the path unit), then renamed in.
     try:
         fsutil.atomic_write(queue / name, data, 0o640)
