@@ -178,8 +178,8 @@ def wait_status(
     def check() -> bool:
         try:
             current = status(c)
-        except (CommandError, ValueError):  # between atomic replaces there is no gap, but
-            return False  # a first start may not have written it yet
+        except (CommandError, ValueError):  # not written yet (it is replaced atomically)
+            return False
         seen[:] = [current]
         return predicate(current)
 
