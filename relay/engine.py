@@ -160,12 +160,14 @@ class Engine:
             self._finish_call()
         elif self._unrecorded is not None and self._now >= self.retry_at:
             self._record()
-        for session in self.config.sessions:
-            if outbox.deliver(self.layout, session) is not None:
-                self.last_dispatch_session = session
         if self._inflight is None and self._unrecorded is None and start_new:
             self.refresh_key()
             self._start_next()
+        # Deliver last: whatever this tick queued (a finished turn, a direct message) goes
+        # out now, since nothing else would wake the loop for it.
+        for session in self.config.sessions:
+            if outbox.deliver(self.layout, session) is not None:
+                self.last_dispatch_session = session
         self.write_status()
         if self._inflight is not None:
             return 1.0

@@ -343,3 +343,15 @@ def test_a_retry_that_falls_due_during_a_tick_is_not_slept_through(
     assert len(api.calls) == 2, f"never retried; waits were {waits}"
     assert max(waits) < 5.0, f"slept through the retry: {waits}"
     engine.close()
+
+
+def test_a_direct_message_is_delivered_in_the_same_tick(
+    world: tuple[Config, Layout, FakeApi, Clock],
+) -> None:
+    _, layout, api, _ = world
+    engine = make(world)
+    (layout.inbox / f"{intake.OPERATOR_PREFIX}{3:020d}.txt").write_text("@session-2: now")
+    engine.tick()  # no second tick: nothing else would wake the service loop
+    assert layout.input_file("session-2").read_text() == "now"
+    assert api.calls == []
+    engine.close()

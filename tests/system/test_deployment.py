@@ -331,12 +331,6 @@ def test_direct_operator_message_skips_the_api(relay: Container, api: StandinAPI
     assert wait_status(relay, lambda s: s["state"] == "needs_jc")["inbox"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="BUG: Engine.tick() delivers before _start_next(); a direct @session message "
-    "enqueued there waits for the next wake-up, up to WatchdogSec/4 = 7.5 s under the unit",
-)
 def test_direct_operator_message_is_dispatched_at_once(relay: Container) -> None:
     # Five tries, because another inotify event sometimes wakes the loop in time (about one
     # try in five here); each must be delivered as promptly as a queue entry's reply is.
