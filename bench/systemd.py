@@ -278,11 +278,8 @@ def probe(c: Container, count: int, timeout_s: float = 30.0) -> list[Sample]:
 
 
 def journal_after(c: Container, cursor: str, identifier: str) -> list[dict[str, Any]]:
-    """Entries after `cursor` with this SYSLOG_IDENTIFIER. Filtered here: journalctl 252
-    returns nothing for --after-cursor combined with a field match such as RELAY_EVENT=."""
-    text = c.journal("-o", "json", "--after-cursor", cursor)
-    entries = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return [e for e in entries if e.get("SYSLOG_IDENTIFIER") == identifier]
+    """Entries after `cursor` with this SYSLOG_IDENTIFIER."""
+    return c.journal_since(cursor, f"SYSLOG_IDENTIFIER={identifier}")
 
 
 def first_accepted_us(c: Container, cursor: str) -> int | None:

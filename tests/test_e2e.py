@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 from tests.relayproc import RelayProcess, wait_for, write_config
-from tests.standin.api import Reply, StandinAPI, overloaded
+from tests.standin.api import Reply, StandinAPI, overloaded, without_breakpoints
 from tests.standin.ntfy import StandinNtfy
 
 
@@ -36,20 +35,9 @@ def test_conversation_prefix_is_byte_stable_and_read_from_cache(
     relay.consume("session-2")
     first, second = api.message_calls()[-2:]
 
-    def plain(messages: list[dict[str, Any]]) -> str:
-        # Only the breakpoint moves; everything else must repeat byte for byte.
-        stripped = [
-            {
-                **m,
-                "content": [
-                    {k: v for k, v in b.items() if k != "cache_control"} for b in m["content"]
-                ],
-            }
-            for m in messages
-        ]
-        return json.dumps(stripped, sort_keys=True)
-
-    assert plain(second.body["messages"][:1]) == plain(first.body["messages"])
+    assert without_breakpoints(second.body["messages"][:1]) == without_breakpoints(
+        first.body["messages"]
+    )
     assert second.body["messages"][1]["content"][0]["text"] == "ack: [from session-1] first"
     ledger = [
         json.loads(line)

@@ -24,14 +24,10 @@ Auth and body validation happen before any of these, so a malformed request cons
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import math
-import os
 import re
-import signal
-import socket
 import sys
 import threading
 import time
@@ -41,9 +37,16 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType
+from pathlib import Path
 from typing import Any, TypeAlias, cast
+
+if __package__ in (None, ""):  # run as a script: make the `tests.standin` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.standin.loopback import (
+    LoopbackHandler,
+    Serving,
+    serve_until_signalled,
+)
 
 CREDIT_BALANCE_MESSAGE = (
     "Your credit balance is too low to access the Anthropic API. "
@@ -164,6 +167,19 @@ class Drop:
 
 Action: TypeAlias = Reply | Fail | Delay | Drop
 Responder: TypeAlias = Callable[[dict[str, Any]], Action | None]
+
+
+def without_breakpoints(messages: list[dict[str, Any]]) -> str:
+    """Messages as canonical JSON without `cache_control`: only the breakpoint may move between
+    two calls of one conversation, everything else must repeat byte for byte."""
+    stripped = [
+        {
+            **m,
+            "content": [{k: v for k, v in b.items() if k != "cache_control"} for b in m["content"]],
+        }
+        for m in messages
+    ]
+    return json.dumps(stripped, sort_keys=True)
 
 
 def credit_balance_too_low() -> Fail:
@@ -432,7 +448,7 @@ def _json_bytes(value: Any) -> bytes:
 # --- the server ----------------------------------------------------------------------------
 
 
-class StandinAPI:
+class StandinAPI(Serving):
     """The stand-in Messages API. Use as a context manager or call start()/stop().
 
     `api_key`: when set, any other key gets 401 (otherwise any non-empty key is accepted).
@@ -453,59 +469,16 @@ class StandinAPI:
         min_cacheable_tokens: int = 0,
         verbose: bool = False,
     ) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port, verbose)
         self.api_key = api_key
         self.delay = delay
         self.responder = responder
         self.min_cacheable_tokens = min_cacheable_tokens
-        self.verbose = verbose
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._script: deque[Action] = deque()
         self._records: list[RecordedRequest] = []
         self._cache: set[bytes] = set()
-        self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    # lifecycle
-
-    def start(self) -> StandinAPI:
-        self._server = _Server((self.host, self.port), _APIHandler, self.verbose)
-        self._server.owner = self
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="standin-api",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()  # wakes requests sleeping in a delay
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server.close_connections()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> StandinAPI:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("StandinAPI is not running")
-        host, port = self._server.server_address[:2]
-        return f"http://{cast(str, host)}:{port}"
 
     # steering and inspection
 
@@ -801,59 +774,7 @@ class StandinAPI:
 # --- HTTP plumbing -------------------------------------------------------------------------
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # the SDK pools many connections; don't refuse bursts
-
-    def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], verbose: bool
-    ) -> None:
-        super().__init__(address, handler)
-        self.verbose = verbose
-        self.owner: StandinAPI
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-
-    def track(self, connection: socket.socket, alive: bool) -> None:
-        with self._connections_lock:
-            if alive:
-                self._connections.add(connection)
-            else:
-                self._connections.discard(connection)
-
-    def close_connections(self) -> None:
-        # Keep-alive connections outlive serve_forever(); without this a pooled SDK client would
-        # still be answered after stop(), so "API down" could not be simulated.
-        with self._connections_lock:
-            for connection in self._connections:
-                with contextlib.suppress(OSError):
-                    connection.shutdown(socket.SHUT_RDWR)
-            self._connections.clear()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that timed out before a delayed answer causes BrokenPipe: expected, not news.
-        if self.verbose:
-            super().handle_error(request, client_address)
-
-
-class _APIHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: the SDK reuses pooled connections
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body go out in separate writes; with Nagle on, the client's delayed
-        # ACK holds the body back ~40 ms per response, which no real server does.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        cast(_Server, self.server).track(self.connection, alive=True)
-
-    def finish(self) -> None:
-        cast(_Server, self.server).track(self.connection, alive=False)
-        super().finish()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        if cast(_Server, self.server).verbose:
-            super().log_message(format, *args)
-
+class _APIHandler(LoopbackHandler):
     def do_GET(self) -> None:
         self._serve()
 
@@ -861,47 +782,22 @@ class _APIHandler(BaseHTTPRequestHandler):
         self._serve()
 
     def _serve(self) -> None:
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        headers = {k.lower(): v for k, v in self.headers.items()}
+        headers, raw = self.read_body()
         path = self.path.split("?", 1)[0]
-        response = cast(_Server, self.server).owner.handle(self.command, path, headers, raw)
+        response = self.loopback.owner.handle(self.command, path, headers, raw)
         if response is None:
             self.close_connection = True
             return
-        self.send_response(response.status, _REASONS.get(response.status))
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(response.body)))
-        for name, value in response.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(response.body)
+        self.send_json(
+            response.status, response.body, response.headers, _REASONS.get(response.status)
+        )
+
+
+StandinAPI.handler = _APIHandler
+StandinAPI.thread_name = "standin-api"
 
 
 # --- script form ---------------------------------------------------------------------------
-
-
-def serve_until_signalled(url: str, port_file: str | None, stop: Callable[[], None]) -> int:
-    """Announce `url`, wait for SIGTERM/SIGINT, stop, return exit status 0."""
-    stopping = False
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    # A flag polled by sleep, not Event.wait(): a handler calling Event.set() can deadlock if the
-    # signal lands while the main thread holds the event's internal lock.
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    if port_file:
-        tmp = f"{port_file}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(url + "\n")
-        os.replace(tmp, port_file)  # readers never see a half-written file
-    print(url, flush=True)
-    while not stopping:
-        time.sleep(0.05)
-    stop()
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

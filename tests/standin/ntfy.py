@@ -16,22 +16,24 @@ prints `http://127.0.0.1:PORT` once listening and serves until SIGTERM/SIGINT;
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import re
-import signal
-import socket
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType
-from typing import Any, cast
+from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+if __package__ in (None, ""):  # run as a script: make the `tests.standin` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.standin.loopback import (
+    LoopbackHandler,
+    Serving,
+    serve_until_signalled,
+)
 
 _TOPIC_RE = re.compile(r"^[-_A-Za-z0-9]{1,64}$")
 _PRIORITIES = {"min": 1, "low": 2, "default": 3, "high": 4, "max": 5, "urgent": 5}
@@ -76,7 +78,7 @@ def _parse_tags(value: str | list[str] | None) -> list[str]:
     return [t.strip() for t in items if t.strip()]
 
 
-class StandinNtfy:
+class StandinNtfy(Serving):
     """The stand-in ntfy server. Use as a context manager or call start()/stop().
 
     `fail_status`: answer every publish with this status (after recording it).
@@ -93,53 +95,12 @@ class StandinNtfy:
         delay: float = 0.0,
         verbose: bool = False,
     ) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port, verbose)
         self.fail_status = fail_status
         self.delay = delay
-        self.verbose = verbose
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._messages: list[NtfyMessage] = []
-        self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> StandinNtfy:
-        self._server = _Server((self.host, self.port), _NtfyHandler, self.verbose)
-        self._server.owner = self
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="standin-ntfy",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()  # wakes requests sleeping in a delay
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server.close_connections()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> StandinNtfy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("StandinNtfy is not running")
-        host, port = self._server.server_address[:2]
-        return f"http://{cast(str, host)}:{port}"
 
     @property
     def messages(self) -> list[NtfyMessage]:
@@ -251,58 +212,7 @@ def _error(status: int, code: int, text: str) -> tuple[int, Any]:
     return status, {"code": code, "http": status, "error": text}
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
-
-    def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], verbose: bool
-    ) -> None:
-        super().__init__(address, handler)
-        self.verbose = verbose
-        self.owner: StandinNtfy
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-
-    def track(self, connection: socket.socket, alive: bool) -> None:
-        with self._connections_lock:
-            if alive:
-                self._connections.add(connection)
-            else:
-                self._connections.discard(connection)
-
-    def close_connections(self) -> None:
-        # Keep-alive connections outlive serve_forever(); close them so stop() really stops.
-        with self._connections_lock:
-            for connection in self._connections:
-                with contextlib.suppress(OSError):
-                    connection.shutdown(socket.SHUT_RDWR)
-            self._connections.clear()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that gave up on a delayed answer causes BrokenPipe: expected, not news.
-        if self.verbose:
-            super().handle_error(request, client_address)
-
-
-class _NtfyHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body go out in separate writes; with Nagle on, the client's delayed
-        # ACK holds the body back ~40 ms per response, which no real server does.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        cast(_Server, self.server).track(self.connection, alive=True)
-
-    def finish(self) -> None:
-        cast(_Server, self.server).track(self.connection, alive=False)
-        super().finish()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        if cast(_Server, self.server).verbose:
-            super().log_message(format, *args)
-
+class _NtfyHandler(LoopbackHandler):
     def do_GET(self) -> None:
         self._serve()
 
@@ -313,42 +223,13 @@ class _NtfyHandler(BaseHTTPRequestHandler):
         self._serve()
 
     def _serve(self) -> None:
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        status, payload = cast(_Server, self.server).owner.handle(
-            self.command, self.path, headers, raw
-        )
-        body = json.dumps(payload).encode() + b"\n"  # ntfy ends its JSON lines with \n
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        headers, raw = self.read_body()
+        status, payload = self.loopback.owner.handle(self.command, self.path, headers, raw)
+        self.send_json(status, json.dumps(payload).encode() + b"\n")  # ntfy ends lines with \n
 
 
-def serve_until_signalled(url: str, port_file: str | None, stop: Callable[[], None]) -> int:
-    """Announce `url`, wait for SIGTERM/SIGINT, stop, return exit status 0.
-    (A copy of api.py's: each stand-in is a single file that runs on its own.)"""
-    stopping = False
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    # A flag polled by sleep, not Event.wait(): a handler calling Event.set() can deadlock if the
-    # signal lands while the main thread holds the event's internal lock.
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    if port_file:
-        tmp = f"{port_file}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(url + "\n")
-        os.replace(tmp, port_file)  # readers never see a half-written file
-    print(url, flush=True)
-    while not stopping:
-        time.sleep(0.05)
-    stop()
-    return 0
+StandinNtfy.handler = _NtfyHandler
+StandinNtfy.thread_name = "standin-ntfy"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,8 @@ API summary (container paths are absolute POSIX paths *inside* the container):
   container (``nsenter`` into its mount/uts/ipc/net/pid namespaces) with a clean environment.
   Raises ``CommandError`` (output included) when ``check`` and the exit status is not 0.
 - ``systemctl(*args, check=True)``, ``show(unit, prop)``, ``journal(*args, check=True)``,
-  ``journal_json(*args)``, ``cursor()`` (pass ``"--after-cursor", c.cursor()`` to only see what
+  ``journal_json(*args)``, ``cursor()`` (pass it to ``journal_since(cursor, *matches)`` /
+  ``journal_text_since`` to only see what
   a test caused when a container is shared). ``journalctl -u 'glob*'`` exits 1 ("No data
   available") while no matching unit has logged yet: use ``check=False`` or ``-t IDENTIFIER``.
 - ``write_file(path, data, mode=0o644, owner=None)`` writes atomically (temp dot-file in the
@@ -635,8 +636,32 @@ class Container:
         text = self.journal("-o", "json", *args)
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
+    def journal_since(self, cursor: str, *args: str) -> list[dict[str, Any]]:
+        """Journal entries after `cursor` (exclusive), with the matches/options in `args`.
+
+        Uses `--cursor` (inclusive) and drops the cursor's own entry by hand: journalctl 252
+        given `--after-cursor` together with a match skips the first *matching* entry
+        (systemd #30288, fixed in v255). A `-u` glob that matches no unit yet is no error.
+        """
+        done = self.run(
+            ["journalctl", "--no-pager", "-q", "-o", "json", f"--cursor={cursor}", *args],
+            check=False,
+        )
+        entries = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+        return [e for e in entries if e.get("__CURSOR") != cursor]
+
+    def journal_text_since(self, cursor: str, *args: str) -> str:
+        """The MESSAGE lines of `journal_since()`, one per entry."""
+        lines = []
+        for entry in self.journal_since(cursor, *args):
+            message = entry.get("MESSAGE", "")
+            if isinstance(message, list):  # journalctl's form for a value that is not UTF-8
+                message = bytes(message).decode(errors="replace")
+            lines.append(str(message))
+        return "\n".join(lines)
+
     def cursor(self) -> str:
-        """Cursor of the newest journal entry, for `journal("--after-cursor", cursor, ...)`."""
+        """Cursor of the newest journal entry, for `journal_since(cursor, ...)`."""
         text = self.journal("-n", "0", "--show-cursor")
         for line in text.splitlines():
             if line.startswith("-- cursor: "):

@@ -32,6 +32,7 @@ from tests.standin.api import (
     StandinAPI,
     credit_balance_too_low,
     overloaded,
+    without_breakpoints,
 )
 from tests.standin.ntfy import StandinNtfy
 
@@ -200,24 +201,11 @@ def main_pid(c: Container) -> int:
 
 
 def journal_from(c: Container, cursor: str, *args: str) -> list[dict[str, Any]]:
-    """Journal entries from `cursor` on (exclusive), with matches/options in `args`.
-
-    `--cursor` (inclusive) and dropping the cursor's entry by hand, because journalctl 252
-    with `--after-cursor` and a match skips the first matching entry (systemd #30288)."""
-    done = c.run(["journalctl", "--no-pager", "-q", "-o", "json", f"--cursor={cursor}", *args])
-    entries = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
-    return [e for e in entries if e.get("__CURSOR") != cursor]
+    return c.journal_since(cursor, *args)
 
 
 def journal_text(c: Container, cursor: str, *args: str) -> str:
-    """The MESSAGE lines of journal_from(), one per entry."""
-    lines = []
-    for entry in journal_from(c, cursor, *args):
-        message = entry.get("MESSAGE", "")
-        if isinstance(message, list):  # journalctl's form for a value that is not UTF-8
-            message = bytes(message).decode(errors="replace")
-        lines.append(str(message))
-    return "\n".join(lines)
+    return c.journal_text_since(cursor, *args)
 
 
 def sent_key(call: RecordedRequest) -> str:
@@ -266,19 +254,9 @@ def test_conversation_prefix_is_byte_stable_and_read_from_cache(
     consume(relay, "session-2")
     first, second = api.message_calls()[-2:]
 
-    def plain(messages: list[dict[str, Any]]) -> str:
-        stripped = [
-            {
-                **m,
-                "content": [
-                    {k: v for k, v in b.items() if k != "cache_control"} for b in m["content"]
-                ],
-            }
-            for m in messages
-        ]
-        return json.dumps(stripped, sort_keys=True)
-
-    assert plain(second.body["messages"][:1]) == plain(first.body["messages"])
+    assert without_breakpoints(second.body["messages"][:1]) == without_breakpoints(
+        first.body["messages"]
+    )
     assert second.body["messages"][1]["content"][0]["text"] == "ack: [from session-1] first"
     ledger = [json.loads(line) for line in relay.read_file(f"{STATE}/ledger.jsonl").splitlines()]
     assert len(ledger) == 2

@@ -81,7 +81,7 @@ def test_transient_unit_and_cursor(system_container: Container) -> None:
     cursor = c.cursor()
     token = secrets.token_hex(8)
     c.run(["systemd-run", "--wait", "--collect", "--unit", f"harness-{token}", "echo", token])
-    after = c.journal("--after-cursor", cursor, "-o", "cat")
+    after = c.journal_text_since(cursor)
     assert token in after
 
 

@@ -11,6 +11,7 @@ to set up lo in PrivateNetwork='s new namespace. The handlers need no network ei
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,7 +54,7 @@ def visible_in_queue(c: Container) -> int:
 
 def assert_no_start_limit(c: Container, cursor: str, *units: str) -> None:
     unit_args = [arg for unit in units for arg in ("-u", unit)]
-    log = c.journal("--after-cursor", cursor, *unit_args, "-o", "cat")
+    log = c.journal_text_since(cursor, *unit_args)
     assert not any(marker in log for marker in START_LIMIT), log
 
 
@@ -93,7 +94,7 @@ def test_credential_is_loaded_and_not_leaked(relay: Container) -> None:
         assert relay.run(["stat", "-c", "%a %U", path]).stdout.split() == ["400", "relay"]
         environ = relay.read_file(f"/proc/{relay.show(CONVERSATION, 'MainPID')}/environ")
         assert "CREDENTIALS_DIRECTORY=" in environ and key not in environ
-        assert key not in relay.journal("--after-cursor", cursor, "-o", "json")
+        assert key not in json.dumps(relay.journal_since(cursor))
     finally:
         relay.run(["rm", "-f", "/etc/credstore/relay.anthropic-api-key"])
         relay.systemctl("restart", CONVERSATION)
@@ -189,7 +190,7 @@ def test_stopped_conversation_is_killed_by_watchdog_with_traceback(relay: Contai
         timeout=30,
         what="restart after the watchdog",
     )
-    log = relay.journal("--after-cursor", cursor, "-u", CONVERSATION, "-o", "cat")
+    log = relay.journal_text_since(cursor, "-u", CONVERSATION)
     assert "Watchdog timeout (limit 2s)!" in log
     assert "with signal SIGABRT" in log
     # PYTHONFAULTHANDLER=1: systemd also sends SIGCONT, so even a stopped process dumps.
@@ -220,12 +221,12 @@ def test_hung_handler_times_out_with_traceback(relay: Container) -> None:
     relay.wait_for(
         lambda: (
             "Failed with result 'timeout'"
-            in relay.journal("--after-cursor", cursor, "-u", "relay-queue.service", "-o", "cat")
+            in relay.journal_text_since(cursor, "-u", "relay-queue.service")
         ),
         timeout=20,
         what="handler start timeout",
     )
-    log = relay.journal("--after-cursor", cursor, "-u", "relay-queue.service", "-o", "cat")
+    log = relay.journal_text_since(cursor, "-u", "relay-queue.service")
     # TimeoutStartFailureMode=abort: SIGABRT, so faulthandler shows where it hung.
     assert "Fatal Python error: Aborted" in log and "in hang_forever" in log
     wait_active(relay, "relay-queue.path")
@@ -248,7 +249,7 @@ def test_failing_handler_fails_path_unit_and_alerts(relay: Container) -> None:
         relay.wait_for(
             lambda: (
                 "alert: relay-queue.path failed"
-                in relay.journal("--after-cursor", cursor, "-t", "relay-alert", "-o", "cat")
+                in relay.journal_text_since(cursor, "-t", "relay-alert")
             ),
             timeout=20,
             what="the alert",
