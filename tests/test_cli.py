@@ -183,3 +183,21 @@ def test_submit_without_permission_says_who_may(
     assert code == 1
     assert "permission denied" in err and "relay-clients" in err
     assert "Traceback" not in err
+
+
+def test_alert_pushes_an_urgent_message_naming_the_unit(tmp_path: Path) -> None:
+    from tests.standin.ntfy import StandinNtfy
+
+    with StandinNtfy() as ntfy:
+        path = tmp_path / "c.yaml"
+        path.write_text(
+            f"sessions: [s]\ndata_dir: {tmp_path / 'data'}\n"
+            f"ntfy: {{server: '{ntfy.url}', topic: ops-alerts}}\n"
+        )
+        done = run("alert", "--config", str(path), "relay-queue.path")
+        assert done.returncode == 0, done.stderr
+        (push,) = ntfy.wait_for(1)
+    assert push.topic == "ops-alerts" and push.priority == 5
+    assert push.title is not None and "relay-queue.path" in push.title
+    assert "journalctl -u relay-queue.path" in push.message
+    assert "reset-failed" in push.message
