@@ -26,6 +26,7 @@ from relay import conversation as conv
 from relay import fsutil, history, intake, outbox
 from relay import status as status_file
 from relay.api import ApiReply, MessagesApi
+from relay.caller import Caller
 from relay.config import Config, find_api_key
 from relay.envelope import Rejected, parse_envelope
 from relay.errors import ApiError
@@ -83,10 +84,8 @@ class Engine:
         self.key_help = ""
         self._key: str | None = None
         self._key_checked = -1e9
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="api")
-        self._inflight: tuple[Call, concurrent.futures.Future[ApiReply]] | None = None
+        self.caller: Caller[Call, ApiReply] = Caller()
         self._unrecorded: tuple[Call, ApiReply, float] | None = None
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.retry_at = 0.0
         self._now = monotonic()
         self.failures = 0
@@ -155,12 +154,12 @@ class Engine:
         # One clock reading per tick: deciding "not yet" and then computing the wait from a
         # later reading lost a retry whose time fell in between (a 30 s stall).
         self._now = self.monotonic()
-        self._drain_wake()
-        if self._inflight is not None and self._inflight[1].done():
-            self._finish_call()
+        self.caller.drain_wake()
+        if (done := self.caller.take_done()) is not None:
+            self._finish_call(*done)
         elif self._unrecorded is not None and self._now >= self.retry_at:
             self._record()
-        if self._inflight is None and self._unrecorded is None and start_new:
+        if not self.caller.busy and self._unrecorded is None and start_new:
             self.refresh_key()
             self._start_next()
         # Deliver last: whatever this tick queued (a finished turn, a direct message) goes
@@ -169,7 +168,7 @@ class Engine:
             if outbox.deliver(self.layout, session) is not None:
                 self.last_dispatch_session = session
         self.write_status()
-        if self._inflight is not None:
+        if self.caller.busy:
             return 1.0
         if self.retry_at > self._now:
             return max(0.01, min(self.retry_at - self._now, 5.0))
@@ -254,45 +253,22 @@ class Engine:
     def _start(self, call: Call) -> None:
         api = self.api
         assert api is not None
-        wake_w = self.wake_w
-
-        def run() -> ApiReply:
-            return api.create(
-                model=self.config.model,
-                max_tokens=self.config.max_tokens,
-                system=call.system,
-                messages=call.messages,
-            )
-
-        def wake(_: concurrent.futures.Future[ApiReply]) -> None:
-            # Done-callbacks run after the result is set, so the woken loop sees it done.
-            with contextlib.suppress(OSError):
-                os.write(wake_w, b"x")
-
-        future = self._executor.submit(run)
-        future.add_done_callback(wake)
-        self._inflight = (call, future)
-
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self.wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        model, max_tokens = self.config.model, self.config.max_tokens
+        self.caller.start(
+            call,
+            lambda: api.create(
+                model=model, max_tokens=max_tokens, system=call.system, messages=call.messages
+            ),
+        )
 
     def wait_inflight(self, timeout: float) -> None:
-        """Block until the call in flight (if any) finishes; for tests and shutdown."""
-        if self._inflight is not None:
-            concurrent.futures.wait([self._inflight[1]], timeout=timeout)
+        self.caller.wait(timeout)
 
     @property
     def busy(self) -> bool:
-        return self._inflight is not None or self._unrecorded is not None
+        return self.caller.busy or self._unrecorded is not None
 
-    def _finish_call(self) -> None:
-        assert self._inflight is not None
-        call, future = self._inflight
-        self._inflight = None
+    def _finish_call(self, call: Call, future: concurrent.futures.Future[ApiReply]) -> None:
         try:
             reply = future.result()
         except ApiError as exc:
@@ -552,7 +528,7 @@ class Engine:
             return "backoff", f"retrying in {self.retry_at - self.monotonic():.0f}s"
         if self.state.paused:
             return "needs_jc", f"waiting for the operator (raised by {self.state.needs_jc_session})"
-        return "running", "busy" if self._inflight else "idle"
+        return "running", "busy" if self.caller.busy else "idle"
 
     def status(self, final_state: str | None = None) -> dict[str, Any]:
         name, detail = self.state_name()
@@ -607,7 +583,5 @@ class Engine:
         return utc_now().strftime("%Y-%m-%d")
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.caller.close()
         self.history.close()
-        os.close(self.wake_r)
-        os.close(self.wake_w)

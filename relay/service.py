@@ -81,8 +81,7 @@ class Service:
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
         self.stopping = True
-        with contextlib.suppress(OSError):
-            os.write(self.engine.wake_w, b"s")
+        self.engine.caller.wake()
 
     def _watch(self) -> INotify:
         inotify = INotify()
@@ -113,7 +112,7 @@ class Service:
         inotify = self._watch()
         poller = select.poll()
         poller.register(inotify.fd, select.POLLIN)
-        poller.register(engine.wake_r, select.POLLIN)
+        poller.register(engine.caller.wake_fd, select.POLLIN)
         self.sd.ready(engine.status_line())
         log.info("relay %s: %s", "run" if self.with_intake else "serve", engine.status_line())
         interval = self.sd.watchdog_interval_s

@@ -1,0 +1,61 @@
+"""One API call at a time on a worker thread, and a pipe that wakes the main loop when it
+is done. The main loop stays free to feed the watchdog and deliver replies meanwhile."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")  # what the call is about (the engine's Call)
+R = TypeVar("R")  # what it returns
+
+
+class Caller(Generic[T, R]):
+    def __init__(self) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="api")
+        self._inflight: tuple[T, concurrent.futures.Future[R]] | None = None
+        self.wake_fd, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    @property
+    def busy(self) -> bool:
+        return self._inflight is not None
+
+    @property
+    def current(self) -> T | None:
+        return self._inflight[0] if self._inflight else None
+
+    def start(self, what: T, fn: Callable[[], R]) -> None:
+        assert self._inflight is None, "one call at a time"
+        future = self._executor.submit(fn)
+        # Done-callbacks run after the result is set, so the woken loop sees it done.
+        future.add_done_callback(lambda _: self.wake())
+        self._inflight = (what, future)
+
+    def take_done(self) -> tuple[T, concurrent.futures.Future[R]] | None:
+        """The finished call and its future (once), or None while it runs or when idle."""
+        if self._inflight is None or not self._inflight[1].done():
+            return None
+        done, self._inflight = self._inflight, None
+        return done
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):  # a full pipe already wakes the loop
+            os.write(self._wake_w, b"x")
+
+    def drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.wake_fd, 4096):
+                pass
+
+    def wait(self, timeout: float) -> None:
+        """Block until the call in flight (if any) finishes; for tests and shutdown."""
+        if self._inflight is not None:
+            concurrent.futures.wait([self._inflight[1]], timeout=timeout)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        os.close(self.wake_fd)
+        os.close(self._wake_w)
