@@ -23,7 +23,7 @@ from pathlib import Path
 
 from relay import fsutil
 from relay.config import Config
-from relay.envelope import Rejected, parse_envelope
+from relay.envelope import Envelope, Rejected, parse_envelope
 from relay.layout import CLIENT_FILE_MODE, Layout
 from relay.log import event
 
@@ -142,12 +142,43 @@ def _read_claimed(path: Path, limit: int) -> bytes:
         os.close(fd)
 
 
+# A writer that did not use a temp file + rename may still be writing when we claim the file
+# (it keeps writing into the very inode we renamed). A file that fails to parse but was
+# modified within YOUNG_S gets until it has been quiet for QUIET_S, at most MAX_WAIT_S.
+YOUNG_S = 2.0
+QUIET_S = 0.25
+MAX_WAIT_S = 2.0
+
+
+def _wait_if_young(path: Path) -> bool:
+    """True if `path` was still young and we waited for it to go quiet."""
+    age = time.time() - os.lstat(path).st_mtime
+    if age >= YOUNG_S:
+        return False
+    deadline = time.monotonic() + MAX_WAIT_S
+    while time.monotonic() < deadline and time.time() - os.lstat(path).st_mtime < QUIET_S:
+        time.sleep(0.02)
+    return True
+
+
+def _parse_claimed(config: Config, claim: Path) -> Envelope:
+    def attempt() -> Envelope:
+        data = _read_claimed(claim, config.max_envelope_bytes)
+        return parse_envelope(data, config.sessions, config.max_envelope_bytes)
+
+    try:
+        return attempt()
+    except Rejected:
+        if not stat.S_ISREG(os.lstat(claim).st_mode) or not _wait_if_young(claim):
+            raise
+        return attempt()
+
+
 def _settle(
     config: Config, layout: Layout, claim: Path, name: str, mtime: int, result: IntakeResult
 ) -> None:
     try:
-        data = _read_claimed(claim, config.max_envelope_bytes)
-        envelope = parse_envelope(data, config.sessions, config.max_envelope_bytes)
+        envelope = _parse_claimed(config, claim)
         marker = id_marker(layout, envelope.session_id, envelope.id) if envelope.id else None
         if marker is not None and marker.exists():
             raise Rejected(f"duplicate id {envelope.id!r}: already accepted for this session")
@@ -212,11 +243,21 @@ def drain_operator(layout: Layout) -> IntakeResult:
     return result
 
 
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _settle_operator(layout: Layout, claim: Path, result: IntakeResult) -> None:
     stamp = claim.name.removeprefix(f"{CLAIM_PREFIX}jc-")
     name = f"jc_input-{stamp}.txt"
     try:
         data = _read_claimed(claim, 1024 * 1024)
+        if (not data.strip() or not _is_utf8(data)) and _wait_if_young(claim):
+            data = _read_claimed(claim, 1024 * 1024)  # an `echo > jc_input.txt` in progress
         text = data.decode("utf-8")
     except Rejected as exc:
         reject(layout, claim, name, str(exc))

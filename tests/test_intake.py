@@ -191,3 +191,63 @@ def test_lingering_handler_takes_what_arrives_while_it_runs(
     writer.join()
     assert len(result.accepted) == 4
     assert [p.name for p in layout.queue.iterdir()] == [".rejected"]
+
+
+def test_an_envelope_still_being_written_in_place_is_waited_for(
+    setup: tuple[Config, Layout],
+) -> None:
+    import threading
+    import time
+
+    config, layout = setup
+    data = envelope(content="written without a temp file")
+    opened = threading.Event()
+
+    def slow_writer() -> None:
+        with open(layout.queue / "direct.json", "wb") as f:  # no dot-file, no rename
+            f.write(data[:10])
+            f.flush()
+            opened.set()
+            time.sleep(intake.QUIET_S / 2)  # a writer that pauses, but less than QUIET_S
+            f.write(data[10:])
+
+    writer = threading.Thread(target=slow_writer)
+    writer.start()
+    opened.wait(5)
+    result = intake.drain_queue(config, layout)
+    writer.join()
+    assert result.rejected == [] and len(result.accepted) == 1
+    assert (layout.inbox / result.accepted[0]).read_bytes() == data
+
+
+def test_an_old_broken_file_is_rejected_without_waiting(setup: tuple[Config, Layout]) -> None:
+    import time
+
+    config, layout = setup
+    (layout.queue / "old.json").write_bytes(b"{broken")
+    os.utime(layout.queue / "old.json", (time.time() - 60, time.time() - 60))
+    started = time.monotonic()
+    assert intake.drain_queue(config, layout).rejected == ["old.json"]
+    assert time.monotonic() - started < intake.YOUNG_S
+
+
+def test_operator_echo_into_jc_input_is_not_lost(setup: tuple[Config, Layout]) -> None:
+    import threading
+    import time
+
+    _, layout = setup
+    created = threading.Event()
+
+    def echo() -> None:  # like `echo yes > state/jc_input.txt`: create, then write
+        with open(layout.jc_input, "w") as f:
+            created.set()
+            time.sleep(intake.QUIET_S / 2)
+            f.write("yes, go ahead\n")
+
+    writer = threading.Thread(target=echo)
+    writer.start()
+    created.wait(5)
+    result = intake.drain_operator(layout)
+    writer.join()
+    (name,) = result.accepted
+    assert (layout.inbox / name).read_text() == "yes, go ahead\n"
