@@ -13,15 +13,7 @@ import pytest
 
 from relay import log as relay_log
 from relay.log import RELAY_FIELDS, FieldsFormatter, event, setup, use_journal
-
-
-class Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+from tests.capture import Collect
 
 
 @pytest.fixture

@@ -14,18 +14,10 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from relay.ntfy import Notifier, Push, post
+from tests.capture import Collect
 from tests.standin.ntfy import StandinNtfy
 
 TOPIC = "relay-test"
-
-
-class Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 @pytest.fixture

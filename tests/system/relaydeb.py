@@ -142,13 +142,18 @@ def install(container: Container, deb: Path) -> None:
     )
 
 
-def configure(container: Container, config: str, key: str | None = "sk-system-test") -> None:
-    """Write the config and the API key the documented way, then restart relay."""
+def place_config(container: Container, config: str, key: str | None) -> None:
+    """The config and the API key where an administrator puts them (no key: none there)."""
     container.write_file(CONFIG_PATH, config, mode=0o644, owner="root:root")
     if key is None:
         container.run(["rm", "-f", KEY_PATH])
     else:
         container.write_file(KEY_PATH, key + "\n", mode=0o600, owner="root:root")
+
+
+def configure(container: Container, config: str, key: str | None = "sk-system-test") -> None:
+    """Write the config and the API key the documented way, then restart relay."""
+    place_config(container, config, key)
     container.systemctl("restart", "relay.target")
     wait_ready(container)
 

@@ -37,7 +37,7 @@ from tests.standin.api import (
 from tests.standin.ntfy import StandinNtfy
 
 from .nspawn import CommandError, Container
-from .relaydeb import CONFIG_PATH, DATA, KEY_PATH, config_yaml, install, wait_ready
+from .relaydeb import DATA, KEY_PATH, config_yaml, install, place_config, wait_ready
 
 pytestmark = pytest.mark.system
 
@@ -116,11 +116,7 @@ def reset(
     ntfy.reset()
     c.run(["rm", "-rf", QUEUE, f"{DATA}/dispatch", STATE])
     c.run(["systemd-tmpfiles", "--create", "/usr/lib/tmpfiles.d/relay.conf"])
-    c.write_file(CONFIG_PATH, config, mode=0o644, owner="root:root")
-    if key is None:
-        c.run(["rm", "-f", KEY_PATH])
-    else:
-        c.write_file(KEY_PATH, key + "\n", mode=0o600, owner="root:root")
+    place_config(c, config, key)
     c.systemctl("start", "relay.target")
     wait_ready(c)
 
