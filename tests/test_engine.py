@@ -96,6 +96,25 @@ def put_envelope(layout: Layout, name: str, session: str, content: str) -> str:
     return key
 
 
+def record_answered(layout: Layout, key: str, session: str, reply: str) -> None:
+    """The history a SIGKILL leaves right after the turn for `key` was appended."""
+    h = history.HistoryFile(layout.history, layout.archive)
+    h.append(
+        conv.turn_record(
+            seq=1,
+            key=key,
+            session=session,
+            user=f"[from {session}]\nhi",
+            reply=reply,
+            target=session,
+            needs_jc=False,
+            ts="t",
+            cost_usd=0.0,
+        )
+    )
+    h.close()
+
+
 def test_a_turn_is_recorded_and_dispatched(world: tuple[Config, Layout, FakeApi, Clock]) -> None:
     _, layout, _api, _ = world
     engine = make(world)
@@ -114,22 +133,7 @@ def test_crash_after_recording_does_not_call_the_api_again(
     config, layout, api, _ = world
     layout.ensure_all(config.sessions)
     key = put_envelope(layout, "a.json", "session-2", "hi")
-    # The state a SIGKILL leaves right after the history append.
-    h = history.HistoryFile(layout.history, layout.archive)
-    h.append(
-        conv.turn_record(
-            seq=1,
-            key=key,
-            session="session-2",
-            user="[from session-2]\nhi",
-            reply="answer",
-            target="session-2",
-            needs_jc=False,
-            ts="t",
-            cost_usd=0.0,
-        )
-    )
-    h.close()
+    record_answered(layout, key, "session-2", "answer")
     engine = make(world)
     settle(engine)
     assert api.calls == []
@@ -144,21 +148,7 @@ def test_crash_after_pending_was_written_does_not_duplicate_it(
     config, layout, _api, _ = world
     layout.ensure_all(config.sessions)
     key = put_envelope(layout, "a.json", "session-1", "hi")
-    h = history.HistoryFile(layout.history, layout.archive)
-    h.append(
-        conv.turn_record(
-            seq=1,
-            key=key,
-            session="session-1",
-            user="u",
-            reply="answer",
-            target="session-1",
-            needs_jc=False,
-            ts="t",
-            cost_usd=0.0,
-        )
-    )
-    h.close()
+    record_answered(layout, key, "session-1", "answer")
     outbox.enqueue(layout, "session-1", key, "answer")
     engine = make(world)
     settle(engine)
