@@ -92,6 +92,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RelayError as exc:
         print(f"relay: {exc.message}", file=sys.stderr)
         return exc.exit_code
+    except PermissionError as exc:
+        # Expected on a packaged install: state/ is private to relay, queue/ to its clients.
+        where = exc.filename or "a file"
+        print(
+            f"relay: permission denied: {where} (state/ is readable by root only: try sudo; "
+            "submitting needs the relay-clients group)",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -160,6 +169,8 @@ def _status(config: Config, *, as_json: bool) -> int:
             f"no status yet: {layout.status} does not exist "
             "(has relay run with this configuration?)"
         ) from None
+    except PermissionError:
+        raise
     except (OSError, ValueError) as exc:
         raise RelayError(f"cannot read {layout.status}: {exc}") from exc
     health = status_file.unit_health()

@@ -201,3 +201,17 @@ def test_alert_pushes_an_urgent_message_naming_the_unit(tmp_path: Path) -> None:
     assert push.title is not None and "relay-queue.path" in push.title
     assert "journalctl -u relay-queue.path" in push.message
     assert "reset-failed" in push.message
+
+
+def test_permission_denied_is_one_line_not_a_traceback(
+    config: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import relay.topic
+
+    def denied(*args: object, **kwargs: object) -> str:  # what a non-root user meets
+        raise PermissionError(13, "Permission denied", "/var/lib/relay/state/ntfy-topic")
+
+    monkeypatch.setattr(relay.topic, "resolve_topic", denied)
+    assert cli.main(["topic", "--config", str(config)]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "permission denied: /var/lib/relay/state/ntfy-topic" in line and "sudo" in line
