@@ -477,6 +477,12 @@ class Engine:
             )
             return
         messages = conv.summary_request(old, self.config.summarization_prompt)
+        log.info(
+            "summarizing %d turns: the history is %d characters, over history_char_cap=%d",
+            sum(1 for r in old if r.get("kind") == "turn"),
+            conv.history_chars(self.records),
+            self.config.history_char_cap,
+        )
         self._start(
             Call(
                 "summary",
@@ -528,7 +534,10 @@ class Engine:
             return "backoff", f"retrying in {self.retry_at - self.monotonic():.0f}s"
         if self.state.paused:
             return "needs_jc", f"waiting for the operator (raised by {self.state.needs_jc_session})"
-        return "running", "busy" if self.caller.busy else "idle"
+        current = self.caller.current
+        if current is None:
+            return "running", "idle"
+        return "running", "summarizing the history" if current.kind == "summary" else "busy"
 
     def status(self, final_state: str | None = None) -> dict[str, Any]:
         name, detail = self.state_name()
