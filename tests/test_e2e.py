@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from tests.relayproc import RelayProcess, wait_for, write_config
+from tests.relayproc import MALFORMED_ENVELOPES, RelayProcess, wait_for, write_config
 from tests.standin.api import Reply, StandinAPI, overloaded, without_breakpoints
 from tests.standin.ntfy import StandinNtfy
 
@@ -121,13 +121,7 @@ def test_operator_turn_without_a_pause_goes_to_the_last_active_session(
 
 
 def test_malformed_files_are_rejected_and_the_loop_goes_on(relay: RelayProcess) -> None:
-    bad = {
-        "notjson.json": b"{not json",
-        "badutf8.json": b'{"session_id": "session-1", "content": "\xff\xfe"}',
-        "unknown.json": json.dumps({"session_id": "session-9", "content": "x"}).encode(),
-        "empty.json": json.dumps({"session_id": "session-1", "content": "  "}).encode(),
-        "types.json": json.dumps({"session_id": 1, "content": "x"}).encode(),
-    }
+    bad = MALFORMED_ENVELOPES
     for name, data in bad.items():
         relay.drop(name, data)
     relay.submit("session-1", "still alive?")

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.check_units import EXPOSURE_LIMITS, UNITS_DIR, unit_files
+from tests.relayproc import MALFORMED_ENVELOPES
 from tests.standin.api import (
     RecordedRequest,
     Reply,
@@ -341,13 +342,7 @@ def test_operator_turn_without_a_pause_goes_to_the_last_active_session(relay: Co
 
 
 def test_malformed_files_are_rejected_and_the_loop_goes_on(relay: Container) -> None:
-    bad = {
-        "notjson.json": b"{not json",
-        "badutf8.json": b'{"session_id": "session-1", "content": "\xff\xfe"}',
-        "unknown.json": json.dumps({"session_id": "session-9", "content": "x"}).encode(),
-        "empty.json": json.dumps({"session_id": "session-1", "content": "  "}).encode(),
-        "types.json": json.dumps({"session_id": 1, "content": "x"}).encode(),
-    }
+    bad = MALFORMED_ENVELOPES
     for name, data in bad.items():
         relay.write_file(f"{QUEUE}/{name}", data, mode=0o640)
     # A symlink is refused, never followed (here it would point at a root-only file).
