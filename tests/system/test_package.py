@@ -248,7 +248,10 @@ def test_clients_group_submits_and_reads_its_replies_others_cannot(
             denied = as_user(c, "alice", *cmd)
             assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied
         denied = as_user(c, "alice", "relay", "status")
-        assert denied.returncode == 1 and "Permission denied" in denied.stderr, denied
+        assert denied.returncode == 1, denied
+        # One line that says what to do, no traceback.
+        assert denied.stderr.startswith("relay: permission denied: ") and "sudo" in denied.stderr
+        assert denied.stderr.count("\n") == 1, denied
 
         # bob (not in relay-clients) cannot submit: one clear line, exit 1, nothing queued or sent.
         refused = as_user(c, "bob", "relay", "submit", "--session", "session-1", "-", input="x")
