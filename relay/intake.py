@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 QUEUE_PREFIX = "q-"
 OPERATOR_PREFIX = "j-"  # sorts before "q-": operator input has priority over the queue
 CLAIM_PREFIX = ".claim-"
+JC_CLAIM_PREFIX = f"{CLAIM_PREFIX}jc-"
 
 
 @dataclass
@@ -109,12 +110,15 @@ def drain_queue_lingering(
 
 
 def _finish_stale_claims(config: Config, layout: Layout, result: IntakeResult) -> None:
+    # Operator claims are drain_operator's: under systemd the jc handler runs at the same
+    # time as this one, so a jc claim seen here may be in its hands right now.
     with os.scandir(layout.inbox) as it:
-        stale = sorted(e.name for e in it if e.name.startswith(CLAIM_PREFIX))
+        stale = sorted(
+            e.name
+            for e in it
+            if e.name.startswith(CLAIM_PREFIX) and not e.name.startswith(JC_CLAIM_PREFIX)
+        )
     for claim_name in stale:
-        if claim_name.startswith(f"{CLAIM_PREFIX}jc-"):
-            _settle_operator(layout, layout.inbox / claim_name, result)
-            continue
         stamp, _, name = claim_name.removeprefix(CLAIM_PREFIX).partition("-")
         mtime = int(stamp) if stamp.isdigit() else 0
         _settle(config, layout, layout.inbox / claim_name, name, mtime, result)
@@ -229,12 +233,12 @@ def drain_operator(layout: Layout) -> IntakeResult:
     layout.ensure_intake()
     result = IntakeResult()
     with os.scandir(layout.inbox) as it:
-        stale = sorted(e.name for e in it if e.name.startswith(f"{CLAIM_PREFIX}jc-"))
+        stale = sorted(e.name for e in it if e.name.startswith(JC_CLAIM_PREFIX))
     for name in stale:
         _settle_operator(layout, layout.inbox / name, result)
     # The operator may write again while we work; keep going until the file stays away.
     while layout.jc_input.exists() or layout.jc_input.is_symlink():
-        claim = layout.inbox / f"{CLAIM_PREFIX}jc-{time.time_ns():020d}"
+        claim = layout.inbox / f"{JC_CLAIM_PREFIX}{time.time_ns():020d}"
         try:
             os.rename(layout.jc_input, claim)
         except FileNotFoundError:
@@ -252,7 +256,7 @@ def _is_utf8(data: bytes) -> bool:
 
 
 def _settle_operator(layout: Layout, claim: Path, result: IntakeResult) -> None:
-    stamp = claim.name.removeprefix(f"{CLAIM_PREFIX}jc-")
+    stamp = claim.name.removeprefix(JC_CLAIM_PREFIX)
     name = f"jc_input-{stamp}.txt"
     try:
         data = _read_claimed(claim, 1024 * 1024)

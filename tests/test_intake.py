@@ -251,3 +251,16 @@ def test_operator_echo_into_jc_input_is_not_lost(setup: tuple[Config, Layout]) -
     writer.join()
     (name,) = result.accepted
     assert (layout.inbox / name).read_text() == "yes, go ahead\n"
+
+
+def test_queue_intake_leaves_operator_claims_to_the_jc_handler(
+    setup: tuple[Config, Layout],
+) -> None:
+    config, layout = setup
+    # Under systemd the jc handler may be settling this claim at this very moment.
+    claim = layout.inbox / f"{intake.JC_CLAIM_PREFIX}{7:020d}"
+    claim.write_text("being handled elsewhere")
+    assert intake.drain_queue(config, layout).accepted == []
+    assert claim.read_text() == "being handled elsewhere"
+    (name,) = intake.drain_operator(layout).accepted
+    assert (layout.inbox / name).read_text() == "being handled elsewhere"
