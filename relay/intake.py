@@ -124,6 +124,13 @@ def _finish_stale_claims(config: Config, layout: Layout, result: IntakeResult) -
         _settle(config, layout, layout.inbox / claim_name, name, mtime, result)
 
 
+def _marked_by_another(marker: Path, final_name: str) -> bool:
+    try:
+        return marker.read_text(encoding="utf-8") != final_name
+    except FileNotFoundError:
+        return False
+
+
 def _read_claimed(path: Path, limit: int) -> bytes:
     """Read a claimed file without following symlinks; Rejected if it is not a regular file."""
     st = os.lstat(path)
@@ -181,21 +188,22 @@ def _parse_claimed(config: Config, claim: Path) -> Envelope:
 def _settle(
     config: Config, layout: Layout, claim: Path, name: str, mtime: int, result: IntakeResult
 ) -> None:
+    final = layout.inbox / f"{QUEUE_PREFIX}{mtime:020d}-{name}"[:250]
     try:
         envelope = _parse_claimed(config, claim)
         marker = id_marker(layout, envelope.session_id, envelope.id) if envelope.id else None
-        if marker is not None and marker.exists():
+        if marker is not None and _marked_by_another(marker, final.name):
             raise Rejected(f"duplicate id {envelope.id!r}: already accepted for this session")
     except Rejected as exc:
         reject(layout, claim, name, str(exc))
         result.rejected.append(name)
         return
-    final = layout.inbox / f"{QUEUE_PREFIX}{mtime:020d}-{name}"[:250]
-    fsutil.durable_rename(claim, final)
     if marker is not None:
-        # Written after the move: a crash in between can at worst admit one resubmission,
-        # and the engine still refuses an inbox item whose turn is already recorded.
-        fsutil.atomic_write(marker, final.name.encode(), durable=False)
+        # The marker names the inbox item it admits and is written first: after a crash
+        # before the rename, the next run finds its own name there and goes on, while any
+        # other envelope with this id is refused.
+        fsutil.atomic_write(marker, final.name.encode())
+    fsutil.durable_rename(claim, final)
     event(
         log,
         "accepted",

@@ -264,3 +264,17 @@ def test_queue_intake_leaves_operator_claims_to_the_jc_handler(
     assert claim.read_text() == "being handled elsewhere"
     (name,) = intake.drain_operator(layout).accepted
     assert (layout.inbox / name).read_text() == "being handled elsewhere"
+
+
+def test_a_crash_between_marking_an_id_and_accepting_does_not_reject_it(
+    setup: tuple[Config, Layout],
+) -> None:
+    config, layout = setup
+    claim = layout.inbox / f"{intake.CLAIM_PREFIX}{5:020d}-a.json"
+    claim.write_bytes(envelope(id="task-9"))
+    # The state a crash leaves after the id marker was written, before the rename.
+    intake.id_marker(layout, "session-1", "task-9").write_text(f"q-{5:020d}-a.json")
+    result = intake.drain_queue(config, layout)
+    assert result.accepted == [f"q-{5:020d}-a.json"] and result.rejected == []
+    (layout.queue / "again.json").write_bytes(envelope(id="task-9"))
+    assert intake.drain_queue(config, layout).rejected == ["again.json"]
