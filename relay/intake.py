@@ -24,7 +24,7 @@ from pathlib import Path
 from relay import fsutil
 from relay.config import Config
 from relay.envelope import Envelope, Rejected, parse_envelope
-from relay.layout import CLIENT_FILE_MODE, Layout
+from relay.layout import CLIENT_FILE_MODE, REJECTED_MODE, Layout
 from relay.log import event
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ def _settle(
 
 def reject(layout: Layout, source: Path, name: str, reason: str) -> Path:
     """Move `source` to queue/.rejected/ under `name` (made unique) with NAME.reason beside it."""
-    fsutil.makedirs(layout.rejected, 0o2750)
+    fsutil.makedirs(layout.rejected, REJECTED_MODE)
     target = layout.rejected / name
     counter = 1
     while (

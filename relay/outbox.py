@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from relay import fsutil
-from relay.layout import CLIENT_FILE_MODE, Layout
+from relay.layout import CLIENT_FILE_MODE, PRIVATE_MODE, Layout
 from relay.log import event
 
 log = logging.getLogger(__name__)
@@ -34,12 +34,14 @@ def key_of(name: str) -> str:
     return name[34:-4]
 
 
-def find_pending(layout: Layout, session: str, key: str) -> Path | None:
+def _named(names: list[str], key: str) -> str | None:
     digest = key_digest(key)
-    for name in pending(layout, session):
-        if name[13:33] == digest:
-            return layout.pending_dir(session) / name
-    return None
+    return next((name for name in names if name[13:33] == digest), None)
+
+
+def find_pending(layout: Layout, session: str, key: str) -> Path | None:
+    name = _named(pending(layout, session), key)
+    return None if name is None else layout.pending_dir(session) / name
 
 
 def enqueue(layout: Layout, session: str, key: str, text: str) -> Path:
@@ -48,11 +50,11 @@ def enqueue(layout: Layout, session: str, key: str, text: str) -> Path:
     The sequence number only orders the replies still pending, so one more than the
     highest pending one is enough.
     """
-    existing = find_pending(layout, session, key)
-    if existing is not None:
-        return existing
-    fsutil.makedirs(layout.pending_dir(session), 0o700)
     names = pending(layout, session)
+    existing = _named(names, key)
+    if existing is not None:
+        return layout.pending_dir(session) / existing
+    fsutil.makedirs(layout.pending_dir(session), PRIVATE_MODE)
     seq = int(names[-1][:12]) + 1 if names else 1
     path = layout.pending_dir(session) / pending_name(seq, key)
     fsutil.atomic_write(path, text.encode("utf-8"), CLIENT_FILE_MODE)
