@@ -5,7 +5,6 @@ Errors name the key path (`sessions[2]: ...`) so the operator can find them.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -367,7 +366,3 @@ def find_api_key(config: Config, environ: Mapping[str, str]) -> tuple[str | None
         "no API key: put it in /etc/credstore/relay.anthropic-api-key (root, 0600) and restart "
         "relay-conversation.service, or set ANTHROPIC_API_KEY"
     )
-
-
-def environ() -> Mapping[str, str]:
-    return os.environ

@@ -16,7 +16,7 @@ import os
 import select
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from types import FrameType
 
 from inotify_simple import INotify
@@ -25,7 +25,7 @@ from inotify_simple import flags as in_flags
 from relay import intake, systemd
 from relay.api import AnthropicApi, MessagesApi
 from relay.config import Config
-from relay.engine import Engine
+from relay.engine import ApiFactory, Engine
 from relay.errors import RelayError
 from relay.layout import Layout
 from relay.ntfy import Notifier
@@ -65,7 +65,7 @@ class Service:
         *,
         with_intake: bool,
         environ: Mapping[str, str] | None = None,
-        api_factory: Callable[[str, Config], MessagesApi] = real_api,
+        api_factory: ApiFactory = real_api,
     ) -> None:
         self.config = config
         self.layout = Layout(config.data_dir)

@@ -12,7 +12,6 @@ from typing import Any
 from relay import fsutil
 from relay.layout import PRIVATE_FILE_MODE
 
-STATES = ("running", "needs_jc", "blocked", "backoff", "stopped")
 UNITS = ("relay.target", "relay-conversation.service", "relay-queue.path", "relay-jc.path")
 
 
