@@ -17,6 +17,7 @@ from pathlib import Path
 
 from relay import __version__, fsutil
 from relay import log as relay_log
+from relay.client import check_dir, denied
 from relay.config import Config, config_path, load_config
 from relay.errors import RelayError, UsageError
 from relay.layout import Layout
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     alert = sub.add_parser("alert", parents=[common], help="push an ntfy alert that UNIT failed")
     alert.add_argument("unit")
+    from relay.cc.cli import add_parser as add_cc
+
+    add_cc(sub, common)
     return parser
 
 
@@ -116,6 +120,10 @@ def dispatch(args: argparse.Namespace) -> int:
     command = args.command
     if command in ("run", "serve"):
         return _serve(args, with_intake=command == "run", verbose=verbose)
+    if command == "cc":
+        from relay.cc.cli import dispatch as cc_dispatch
+
+        return cc_dispatch(args, os.environ)
     config = _config(args)
     if command == "intake":
         relay_log.setup(f"relay-{'queue' if args.what == 'queue' else 'jc'}", verbose=verbose)
@@ -212,31 +220,10 @@ def _read_input(source: str, what: str) -> str:
 
 
 def _submit(config: Config, session: str, source: str, envelope_id: str | None) -> int:
-    from relay.envelope import Envelope, encode_envelope
-    from relay.ledger import iso, utc_now
+    from relay.client import check_session, submit
 
-    if session not in config.sessions:
-        raise UsageError(
-            f"unknown session {session!r}: configured sessions are {', '.join(config.sessions)}"
-        )
-    content = _read_input(source, "content")
-    if not content.strip():
-        raise UsageError("refusing to submit empty content")
-    data = encode_envelope(Envelope(session, content, iso(utc_now()), envelope_id))
-    if len(data) > config.max_envelope_bytes:
-        raise UsageError(
-            f"envelope is {len(data)} bytes; the limit is "
-            f"{config.max_envelope_bytes} (max_envelope_bytes)"
-        )
-    queue = Layout(config.data_dir).queue
-    _check_dir(queue, "submit")
-    name = f"{time.strftime('%Y%m%dT%H%M%S')}-{session}-{os.urandom(4).hex()}.json"
-    # Staged under a dot-name (ignored by intake and the path unit), then renamed in.
-    try:
-        fsutil.atomic_write(queue / name, data, 0o640)
-    except PermissionError:
-        raise RelayError(_denied(queue, "submit")) from None
-    print(queue / name)
+    check_session(config, session)
+    print(submit(config, session, _read_input(source, "content"), envelope_id))
     return 0
 
 
@@ -245,12 +232,12 @@ def _reply(config: Config, text: str) -> int:
     if not body.strip():
         raise UsageError("refusing to send an empty reply")
     layout = Layout(config.data_dir)
-    _check_dir(layout.state, "reply")
+    check_dir(layout.state, "reply")
     tmp = layout.state / f".jc_input.{os.getpid()}.tmp"
     try:
         fsutil.atomic_write(tmp, body.encode("utf-8"), 0o644)
     except PermissionError:
-        raise RelayError(_denied(layout.state, "reply")) from None
+        raise RelayError(denied(layout.state, "reply")) from None
     try:
         # link() never replaces: an earlier reply not yet consumed is not overwritten.
         deadline = time.monotonic() + REPLY_WAIT_S
@@ -270,22 +257,6 @@ def _reply(config: Config, text: str) -> int:
         os.unlink(tmp)
     _give_to_state_owner(layout.jc_input, layout.state)
     return 0
-
-
-def _denied(directory: Path, what: str) -> str:
-    who = "members of the relay-clients group" if what == "submit" else "root (sudo relay reply)"
-    return f"cannot write to {directory}: permission denied; only {who} may {what}"
-
-
-def _check_dir(directory: Path, what: str) -> None:
-    try:
-        os.stat(directory)
-    except PermissionError:
-        raise RelayError(_denied(directory, what)) from None
-    except FileNotFoundError:
-        raise RelayError(
-            f"{directory} does not exist: is relay installed, and is data_dir in the config right?"
-        ) from None
 
 
 def _give_to_state_owner(path: Path, state: Path) -> None:

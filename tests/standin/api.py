@@ -255,6 +255,7 @@ class _Response:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
 
 
 class _Invalid(Exception):
@@ -328,8 +329,8 @@ def _parse(body: Any, known: frozenset[str], *, need_max_tokens: bool) -> list[_
             raise _Invalid("max_tokens: Field required")
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
             raise _Invalid("max_tokens: Input should be a valid integer >= 0")
-    if body.get("stream"):
-        raise _Invalid("stream: the stand-in does not implement streaming")
+    if body.get("stream") not in (None, True, False):
+        raise _Invalid("stream: Input should be a valid boolean")
     _check_cache_control("cache_control", body.get("cache_control"))
 
     blocks: list[_Block] = []
@@ -370,9 +371,13 @@ def _parse(body: Any, known: frozenset[str], *, need_max_tokens: bool) -> list[_
             raise _Invalid(f"messages.{i}: Input should be a valid dictionary")
         role = message.get("role")
         if role == "system":
-            raise _Invalid(f"messages.{i}.role: role 'system' is not supported on this model")
+            # Claude Code sends mid-conversation system entries; they take no part in the
+            # user/assistant alternation.
+            for block in _content_blocks(f"messages.{i}.content", message.get("content")):
+                blocks.append(_block({"message": i, "role": role}, block))
+            continue
         if role not in ("user", "assistant"):
-            raise _Invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+            raise _Invalid(f"messages.{i}.role: Input should be 'user', 'assistant' or 'system'")
         if i == 0 and role != "user":
             raise _Invalid('messages: first message must use the "user" role')
         if role == previous:
@@ -434,6 +439,49 @@ def _error_directive(argument: str) -> Fail:
         status,
         parts[1] if len(parts) > 1 else None,
         parts[2] if len(parts) > 2 else None,
+    )
+
+
+def _sse(message: dict[str, Any]) -> bytes:
+    """`message` as the event stream the real API sends for `"stream": true`: the message
+    with empty content, one start/delta/stop triple per text block, then the stop reason
+    and the output tokens."""
+    usage = message["usage"]
+    start = {
+        **message,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {**usage, "output_tokens": 1},
+    }
+    events: list[tuple[str, dict[str, Any]]] = [("message_start", {"message": start})]
+    events.append(("ping", {}))
+    for index, block in enumerate(message["content"]):
+        events.append(
+            ("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}})
+        )
+        text = block["text"]
+        for at in range(0, len(text), 64):  # several deltas, as the real stream sends
+            events.append(
+                (
+                    "content_block_delta",
+                    {"index": index, "delta": {"type": "text_delta", "text": text[at : at + 64]}},
+                )
+            )
+        events.append(("content_block_stop", {"index": index}))
+    events.append(
+        (
+            "message_delta",
+            {
+                "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                "usage": {"output_tokens": usage["output_tokens"]},
+            },
+        )
+    )
+    events.append(("message_stop", {}))
+    return b"".join(
+        f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n".encode()
+        for name, data in events
     )
 
 
@@ -630,28 +678,31 @@ class StandinAPI(Serving):
         if _tokens(text) > max_tokens:
             text, stop_reason = text[: max_tokens * 4], "max_tokens"
         uncached, read, created_5m, created_1h = self._cache_usage(body, blocks)
-        return self._ok(
-            {
-                "id": _new_id("msg_01"),
-                "type": "message",
-                "role": "assistant",
-                "model": body["model"],
-                "content": [{"type": "text", "text": text}] if text else [],
-                "stop_reason": stop_reason,
-                "stop_sequence": None,
-                "usage": {
-                    "input_tokens": uncached,
-                    "output_tokens": _tokens(text),
-                    "cache_creation_input_tokens": created_5m + created_1h,
-                    "cache_read_input_tokens": read,
-                    "cache_creation": {
-                        "ephemeral_5m_input_tokens": created_5m,
-                        "ephemeral_1h_input_tokens": created_1h,
-                    },
-                    "service_tier": "standard",
+        message = {
+            "id": _new_id("msg_01"),
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": [{"type": "text", "text": text}] if text else [],
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": uncached,
+                "output_tokens": _tokens(text),
+                "cache_creation_input_tokens": created_5m + created_1h,
+                "cache_read_input_tokens": read,
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": created_5m,
+                    "ephemeral_1h_input_tokens": created_1h,
                 },
-            }
-        )
+                "service_tier": "standard",
+            },
+        }
+        if body.get("stream"):
+            return _Response(
+                200, _sse(message), self._headers(_new_id("req_011C")), "text/event-stream"
+            )
+        return self._ok(message)
 
     def _cache_usage(self, body: dict[str, Any], blocks: list[_Block]) -> tuple[int, int, int, int]:
         """(input_tokens, cache_read, cache_write_5m, cache_write_1h) for this request.
@@ -775,6 +826,12 @@ class StandinAPI(Serving):
 
 
 class _APIHandler(LoopbackHandler):
+    def do_HEAD(self) -> None:
+        # Claude Code pre-warms its connection with `HEAD /`; any answer will do.
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def do_GET(self) -> None:
         self._serve()
 
@@ -789,7 +846,11 @@ class _APIHandler(LoopbackHandler):
             self.close_connection = True
             return
         self.send_json(
-            response.status, response.body, response.headers, _REASONS.get(response.status)
+            response.status,
+            response.body,
+            response.headers,
+            _REASONS.get(response.status),
+            response.content_type,
         )
 
 

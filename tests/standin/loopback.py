@@ -89,9 +89,10 @@ class LoopbackHandler(BaseHTTPRequestHandler):
         body: bytes,
         headers: dict[str, str] | None = None,
         reason: str | None = None,
+        content_type: str = "application/json",
     ) -> None:
         self.send_response(status, reason)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
