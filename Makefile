@@ -19,7 +19,7 @@ deb:
 	fi
 	rm -rf $(BUILD_DIR)
 	mkdir -p $(BUILD_DIR)/relay
-	tar --exclude=./.git --exclude=./.venv --exclude=./dist --exclude=./build \
+	tar --exclude=./.git --exclude=./.venv --exclude=./.claude-code --exclude=./dist --exclude=./build \
 	    --exclude='*.egg-info' --exclude=__pycache__ --exclude=.mypy_cache \
 	    --exclude=.ruff_cache --exclude=.pytest_cache -cf - . \
 	    | tar -C $(BUILD_DIR)/relay -xf -

@@ -205,37 +205,29 @@ def _snapshot(files: list[Path]) -> dict[str, dict[str, Any]]:
 # --- pruning what an install added ---------------------------------------------------------
 
 
-def _added(before: Any, after: Any) -> Any:
-    """The part of `after` that `before` lacks: a nested dict of added keys (True = whole
-    value added), or a list of added list items."""
-    if isinstance(before, dict) and isinstance(after, dict):
-        delta: dict[str, Any] = {}
-        for key, value in after.items():
-            if key not in before:
-                delta[key] = True
-            else:
-                sub = _added(before[key], value)
-                if sub:
-                    delta[key] = sub
-        return delta
-    if isinstance(before, list) and isinstance(after, list):
-        return [item for item in after if item not in before]
-    return None
+def _prune(current: Any, before: Any, after: Any) -> Any:
+    """`current` without what the install added (in `after`, not in `before`).
 
-
-def _prune(current: Any, delta: Any, before: Any) -> Any:
-    """`current` without `delta`; containers the install created are dropped once empty."""
-    if isinstance(current, dict) and isinstance(delta, dict):
+    A value the install added and nobody changed since goes whole; one changed since loses
+    only what the install put in, and goes too if nothing else is left in it.
+    """
+    if isinstance(current, dict) and isinstance(after, dict):
+        old = before if isinstance(before, dict) else {}
         result: dict[str, Any] = {}
         for key, value in current.items():
-            if key in delta and delta[key] is True:
-                continue
-            if key in delta and isinstance(before, dict):
-                value = _prune(value, delta[key], before.get(key))
+            if key in after and key not in old:
+                if value == after[key]:
+                    continue
+                value = _prune(value, None, after[key])
+                if value in ({}, []):
+                    continue
+            elif key in after:
+                value = _prune(value, old[key], after[key])
             result[key] = value
         return result
-    if isinstance(current, list) and isinstance(delta, list):
-        return [item for item in current if item not in delta]
+    if isinstance(current, list) and isinstance(after, list):
+        old_items = before if isinstance(before, list) else []
+        return [item for item in current if item in old_items or item not in after]
     return current
 
 
@@ -251,22 +243,22 @@ def _prune_named(value: Any) -> Any:
     return value
 
 
-def _revert_file(path: Path, before: dict[str, Any], after_value: Any, *, named: bool) -> None:
+def _revert_file(path: Path, before: dict[str, Any], after_value: Any) -> None:
     current_text = _read(path)
     if current_text is None:
         return  # removed meanwhile: nothing of ours is left in it
     before_text = before.get("text")
     before_value = _parse(path, before_text)
     current = _parse(path, current_text)
-    pruned = _prune(current, _added(before_value, after_value), before_value)
-    if pruned == before_value or (before_text is None and pruned in ({}, None)):
-        if before_text is None:
-            path.unlink()
-        elif current_text != before_text:
+    pruned = _prune(current, before_value, after_value)
+    if before_text is None and pruned in ({}, [], None):
+        path.unlink()
+    elif before_text is not None and pruned == before_value:
+        if current_text != before_text:  # Claude Code reformats; give the old bytes back
             _write(path, before_text, before.get("mode"))
-        return
-    # Changed meanwhile by someone else: take out only what is plainly relay's.
-    if named:
+    else:
+        # Changed meanwhile by someone else (Claude Code's own state, other plugins): take
+        # out only what is plainly relay's.
         pruned = _prune_named(current)
         if pruned != current:
             _write(path, _dump(pruned, current_text))
@@ -611,7 +603,7 @@ def uninstall(request: Request, environ: Mapping[str, str]) -> list[str]:
             continue
         if kind == "plugin":
             for name, before in component["files"].items():
-                _revert_file(Path(name), before, before.get("after"), named=True)
+                _revert_file(Path(name), before, before.get("after"))
             _remove_created(component["created"])
             done.append(f"removed plugin {PLUGIN_ID} ({request.scope} scope)")
         else:

@@ -22,7 +22,15 @@ from .nspawn import Container
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "dist" / "system-tests"
 # Only what the package is built from; tests and benchmarks do not change it.
-BUILD_INPUTS = ("relay", "units", "packaging", "debian", "pyproject.toml", "README.md")
+BUILD_INPUTS = (
+    "relay",
+    "claude-code",
+    "units",
+    "packaging",
+    "debian",
+    "pyproject.toml",
+    "README.md",
+)
 
 CONFIG_PATH = "/etc/relay/config.yaml"
 KEY_PATH = "/etc/credstore/relay.anthropic-api-key"
