@@ -7,6 +7,8 @@
 - `prompt` (UserPromptSubmit): note that the turn now starting carries the reply.
 - `stop` (Stop): submit the turn's last assistant message as the session's envelope, then
   consume the reply the turn took in.
+- `stop-failure` (StopFailure: the turn ended on an API error): consume the reply the turn
+  took in, since it is in the conversation now; nothing is submitted.
 - `session-end` (SessionEnd): detach.
 
 A hook never blocks or breaks the session: in an unbound project it does nothing, and any
@@ -33,7 +35,7 @@ from relay.layout import Layout
 
 log = logging.getLogger(__name__)
 
-EVENTS = ("session-start", "deliver", "prompt", "stop", "session-end")
+EVENTS = ("session-start", "deliver", "prompt", "stop", "stop-failure", "session-end")
 MAX_INPUT = 16 * 1024 * 1024
 DELIVER_EXIT = 2  # asyncRewake: exit 2 hands stderr to the model and wakes an idle session
 
@@ -120,6 +122,9 @@ def run(event: str, hook_input: Mapping[str, Any], environ: Mapping[str, str]) -
         return Outcome()
     if event == "stop":
         return _stop(binding, config, mailbox, owner, hook_input)
+    if event == "stop-failure":
+        _consume(mailbox, owner, hook_input)
+        return Outcome()
     if event == "session-end":
         mailbox.detach(owner)
         return Outcome()
@@ -179,11 +184,14 @@ def _stop(
             client.submit(config, binding.session, text, envelope_id(hook_input))
         except RelayError as exc:
             problem = f"this turn was not sent to {binding.session}: {exc.message}"
-    transcript = hook_input.get("transcript_path")
-    mailbox.consume(
-        owner, lambda tag: transcript_has(transcript if isinstance(transcript, str) else None, tag)
-    )
+    _consume(mailbox, owner, hook_input)
     return _say(problem) if problem else Outcome()
+
+
+def _consume(mailbox: Mailbox, owner: identity.Process, hook_input: Mapping[str, Any]) -> None:
+    transcript = hook_input.get("transcript_path")
+    path = transcript if isinstance(transcript, str) else None
+    mailbox.consume(owner, lambda tag: transcript_has(path, tag))
 
 
 def main(event: str, stdin: TextIO, environ: Mapping[str, str]) -> int:

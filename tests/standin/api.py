@@ -16,7 +16,7 @@ Choosing the answer to `POST /v1/messages` (first match wins):
   1. the script queue (`script(...)` or `POST /_script`), one action per request;
   2. the `responder` callable, when it returns an action;
   3. directives in the last user message: `[[delay: S]]`, `[[error: STATUS [TYPE [MESSAGE]]]]`
-     (or `[[error: credit]]`), `[[reply: TEXT]]`;
+     (or `[[error: credit]]`), `[[reply: TEXT]]`, `[[tool: NAME {JSON input}]]` (a tool_use);
   4. `"ack: "` + the first 80 characters of the last user message, whitespace collapsed.
 Auth and body validation happen before any of these, so a malformed request consumes nothing.
 """
@@ -125,6 +125,7 @@ _COUNT_FIELDS = frozenset(
 )
 
 _REPLY_RE = re.compile(r"\[\[reply: ?(.*?)\]\]", re.DOTALL)
+_TOOL_RE = re.compile(r"\[\[tool:\s*(\w+)\s+(\{.*?\})\]\]", re.DOTALL)
 _ERROR_RE = re.compile(r"\[\[error:\s*(.*?)\]\]", re.DOTALL)
 _DELAY_RE = re.compile(r"\[\[delay:\s*([0-9]*\.?[0-9]+)\s*\]\]")
 
@@ -134,10 +135,12 @@ _DELAY_RE = re.compile(r"\[\[delay:\s*([0-9]*\.?[0-9]+)\s*\]\]")
 
 @dataclass(frozen=True)
 class Reply:
-    """Answer 200 with this text (truncated to `max_tokens` like the real model)."""
+    """Answer 200 with this text (truncated to `max_tokens` like the real model), and with
+    `tool` ((name, input)) a tool_use block after it: stop_reason becomes "tool_use"."""
 
     text: str
     stop_reason: str = "end_turn"
+    tool: tuple[str, dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -421,6 +424,8 @@ def directive_action(text: str) -> Action:
         action = _error_directive(error.group(1))
     elif reply:
         action = Reply(reply.group(1))
+    elif tool := _TOOL_RE.search(text):
+        action = Reply("", tool=(tool.group(1), json.loads(tool.group(2))))
     else:
         action = Reply("ack: " + " ".join(text.split())[:80])
     delay = _DELAY_RE.search(text)
@@ -457,17 +462,20 @@ def _sse(message: dict[str, Any]) -> bytes:
     events: list[tuple[str, dict[str, Any]]] = [("message_start", {"message": start})]
     events.append(("ping", {}))
     for index, block in enumerate(message["content"]):
-        events.append(
-            ("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}})
-        )
-        text = block["text"]
-        for at in range(0, len(text), 64):  # several deltas, as the real stream sends
-            events.append(
-                (
-                    "content_block_delta",
-                    {"index": index, "delta": {"type": "text_delta", "text": text[at : at + 64]}},
-                )
+        if block["type"] == "tool_use":
+            start_block = {**block, "input": {}}
+            delta_type, key, payload = (
+                "input_json_delta",
+                "partial_json",
+                json.dumps(block["input"]),
             )
+        else:
+            start_block = {"type": "text", "text": ""}
+            delta_type, key, payload = "text_delta", "text", block["text"]
+        events.append(("content_block_start", {"index": index, "content_block": start_block}))
+        for at in range(0, len(payload), 64):  # several deltas, as the real stream sends
+            delta = {"type": delta_type, key: payload[at : at + 64]}
+            events.append(("content_block_delta", {"index": index, "delta": delta}))
         events.append(("content_block_stop", {"index": index}))
     events.append(
         (
@@ -678,12 +686,19 @@ class StandinAPI(Serving):
         if _tokens(text) > max_tokens:
             text, stop_reason = text[: max_tokens * 4], "max_tokens"
         uncached, read, created_5m, created_1h = self._cache_usage(body, blocks)
+        content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+        if reply.tool is not None:
+            name, tool_input = reply.tool
+            content.append(
+                {"type": "tool_use", "id": _new_id("toolu_01"), "name": name, "input": tool_input}
+            )
+            stop_reason = "tool_use"
         message = {
             "id": _new_id("msg_01"),
             "type": "message",
             "role": "assistant",
             "model": body["model"],
-            "content": [{"type": "text", "text": text}] if text else [],
+            "content": content,
             "stop_reason": stop_reason,
             "stop_sequence": None,
             "usage": {
