@@ -147,7 +147,7 @@ class Coordinator:
     submitted, and the exchange ends without a [NEEDS-JC] pausing everyone.
     """
 
-    scripts: dict[str, list[str]] = field(default_factory=dict)
+    scripts: dict[str, list[str | Action]] = field(default_factory=dict)
     seen: list[tuple[str, str]] = field(default_factory=list)  # (session, turn text)
 
     def __call__(self, body: dict[str, Any]) -> Action | None:
@@ -156,7 +156,8 @@ class Coordinator:
         session = first.removeprefix("[from ").split("]", 1)[0]
         self.seen.append((session, text))
         script = self.scripts.get(session, [])
-        return Reply(script.pop(0) if script else END_OF_SCRIPT)
+        entry = script.pop(0) if script else END_OF_SCRIPT
+        return Reply(entry) if isinstance(entry, str) else entry
 
     def turns_from(self, session: str) -> list[str]:
         return [text for s, text in self.seen if s == session]
