@@ -15,8 +15,9 @@ steer it through `POST /_script`, `GET /_requests` and `POST /_reset`.
 Choosing the answer to `POST /v1/messages` (first match wins):
   1. the script queue (`script(...)` or `POST /_script`), one action per request;
   2. the `responder` callable, when it returns an action;
-  3. directives in the last user message: `[[delay: S]]`, `[[error: STATUS [TYPE [MESSAGE]]]]`
-     (or `[[error: credit]]`), `[[reply: TEXT]]`, `[[tool: NAME {JSON input}]]` (a tool_use);
+  3. directives in the last user message (the last one wins): `[[delay: S]]`,
+     `[[error: STATUS [TYPE [MESSAGE]]]]` (or `[[error: credit]]`), `[[reply: TEXT]]`,
+     `[[tool: NAME {JSON input}]]` (a tool_use);
   4. `"ack: "` + the first 80 characters of the last user message, whitespace collapsed.
 Auth and body validation happen before any of these, so a malformed request consumes nothing.
 """
@@ -106,6 +107,7 @@ _MESSAGES_FIELDS = frozenset(
         "tool_choice",
         "tools",
         "context_management",
+        "safeguards",  # sent by Claude Code 2.1.332 in auto permission mode
     ]
 )
 _COUNT_FIELDS = frozenset(
@@ -416,18 +418,26 @@ def _last_user_text(body: dict[str, Any]) -> str:
 
 
 def directive_action(text: str) -> Action:
-    """The action the `[[...]]` directives in `text` ask for, else the default ack reply."""
+    """The action the `[[...]]` directives in `text` ask for, else the default ack reply.
+
+    When several are there, the last one wins: Claude Code merges a user message whose
+    turn failed into the next one, and the newest instruction is the one meant."""
     action: Action
-    error = _ERROR_RE.search(text)
-    reply = _REPLY_RE.search(text)
-    if error:
-        action = _error_directive(error.group(1))
-    elif reply:
-        action = Reply(reply.group(1))
-    elif tool := _TOOL_RE.search(text):
-        action = Reply("", tool=(tool.group(1), json.loads(tool.group(2))))
-    else:
+    found = [
+        (m.start(), kind, m)
+        for kind, pattern in (("error", _ERROR_RE), ("reply", _REPLY_RE), ("tool", _TOOL_RE))
+        for m in pattern.finditer(text)
+    ]
+    if not found:
         action = Reply("ack: " + " ".join(text.split())[:80])
+    else:
+        _, kind, match = max(found, key=lambda f: f[0])
+        if kind == "error":
+            action = _error_directive(match.group(1))
+        elif kind == "reply":
+            action = Reply(match.group(1))
+        else:
+            action = Reply("", tool=(match.group(1), json.loads(match.group(2))))
     delay = _DELAY_RE.search(text)
     return Delay(float(delay.group(1)), action) if delay else action
 
