@@ -32,6 +32,8 @@ API summary (container paths are absolute POSIX paths *inside* the container):
 - ``Container(mask=..., name=..., boot_timeout=...)``; ``prepare()`` sets up the overlay (the
   context manager calls it), ``boot()`` starts ``systemd-nspawn --boot`` and calls
   ``wait_until_booted()``, ``close()`` tears everything down and is idempotent.
+  ``bind_ro=[(host_dir, "/inside")]`` shows host directories read-only in the container
+  (``--bind-ro``), for what the overlay of ``/`` does not hold.
 - ``setup_run(cmd)``: a command in a chroot of the merged tree, before boot (install a .deb,
   ``systemctl enable``, ``systemd-sysusers``...).
 - ``run(cmd, check=True, timeout=60, input=None, env=None)``: a command inside the booted
@@ -367,6 +369,7 @@ class Container:
         boot_timeout: float = 30.0,
         stop_timeout: float = 20.0,
         tmp_root: Path | None = None,
+        bind_ro: Sequence[tuple[Path, str]] = (),
     ) -> None:
         self.tools = preflight()
         self.masks: list[str] = sorted(
@@ -378,6 +381,10 @@ class Container:
         self.boot_timeout = boot_timeout
         self.stop_timeout = stop_timeout
         self._tmp_root = tmp_root
+        # Host directories shown read-only inside (nspawn --bind-ro=SRC:DST), for what the
+        # overlay of / may not hold: a checkout under /tmp (nspawn mounts its own) or on
+        # another file system.
+        self.bind_ro: list[tuple[Path, str]] = list(bind_ro)
         self.base: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._init_pid: int | None = None
@@ -471,6 +478,7 @@ class Container:
             "-q",
             f"--machine={self.name}",
             "--link-journal=no",  # host and container share a machine-id
+            *(f"--bind-ro={src}:{dst}" for src, dst in self.bind_ro),
         ]
         assert self.base is not None
         self._cgroups = [parent / self.name for parent in own_cgroup_dirs()]
