@@ -94,7 +94,29 @@ def _say(message: str) -> Outcome:
     return Outcome(stdout={"systemMessage": f"relay: {message}"})
 
 
-def run(event: str, hook_input: Mapping[str, Any], environ: Mapping[str, str]) -> Outcome:
+def handle(
+    event: str,
+    hook_input: Mapping[str, Any],
+    environ: Mapping[str, str],
+    owner: identity.Process | None = None,
+) -> Outcome:
+    """Hook `event` for the Claude Code process `owner` (default: the one that ran us).
+
+    Problems become one line for the user; a failed delivery is silent (its exit status
+    would otherwise hand the error text to the model as an instruction)."""
+    try:
+        return _run(event, hook_input, environ, owner)
+    except (RelayError, OSError) as exc:
+        message = exc.message if isinstance(exc, RelayError) else str(exc)
+        return _say(message) if event != "deliver" else Outcome()
+
+
+def _run(
+    event: str,
+    hook_input: Mapping[str, Any],
+    environ: Mapping[str, str],
+    owner: identity.Process | None,
+) -> Outcome:
     if environ.get(identity.WORKER_ENV):
         return Outcome()  # the headless worker does this work itself
     cwd = hook_input.get("cwd")
@@ -105,7 +127,7 @@ def run(event: str, hook_input: Mapping[str, Any], environ: Mapping[str, str]) -
     mailbox = Mailbox(Layout(config.data_dir), binding.session)
     cc_session = hook_input.get("session_id")
     cc_session = cc_session if isinstance(cc_session, str) else None
-    owner = identity.claude_process(environ)
+    owner = owner or identity.claude_process(environ)
     if event == "session-start":
         return _session_start(binding, config, mailbox, owner, cc_session, str(cwd or ""))
     if owner is None:
@@ -203,12 +225,7 @@ def main(event: str, stdin: TextIO, environ: Mapping[str, str]) -> int:
             hook_input = {}
     except (OSError, ValueError):
         hook_input = {}
-    try:
-        outcome = run(event, hook_input, environ)
-    except RelayError as exc:
-        outcome = _say(exc.message) if event != "deliver" else Outcome()
-    except OSError as exc:
-        outcome = _say(f"{exc}") if event != "deliver" else Outcome()
+    outcome = handle(event, hook_input, environ)
     if outcome.stdout is not None:
         print(json.dumps(outcome.stdout))
     if outcome.stderr:

@@ -14,7 +14,7 @@ or the tag is found in the transcript). So:
 - replies reach the model one per turn, in order: relay moves the next one into place only
   after the previous one was consumed.
 
-Processes attached to a session leave a small record here too (`.relay-cc-PID.json`), for
+Processes attached to a session leave a small record here too (`.relay-cc-PID-START.json`), for
 `relay cc status` and the warning when two processes share one session.
 """
 
@@ -197,7 +197,7 @@ class Mailbox:
     # --- attached processes ------------------------------------------------------------
 
     def _attached_path(self, owner: Process) -> Path:
-        return self.directory / f"{ATTACHED_PREFIX}{owner.pid}.json"
+        return self.directory / f"{ATTACHED_PREFIX}{owner.pid}-{owner.start}.json"
 
     def attach(self, owner: Process, cc_session: str | None, kind: str, cwd: str) -> None:
         record = {
