@@ -239,7 +239,7 @@ def _prune_named(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _prune_named(v) for k, v in value.items() if k not in _OURS}
     if isinstance(value, list):
-        return [_prune_named(v) for v in value if v not in _OURS]
+        return [_prune_named(v) for v in value if not (isinstance(v, str) and v in _OURS)]
     return value
 
 
@@ -252,16 +252,20 @@ def _revert_file(path: Path, before: dict[str, Any], after_value: Any) -> None:
     current = _parse(path, current_text)
     pruned = _prune(current, before_value, after_value)
     if before_text is None and pruned in ({}, [], None):
-        path.unlink()
-    elif before_text is not None and pruned == before_value:
+        path.unlink()  # ours alone, untouched since
+        return
+    if before_text is not None and pruned == before_value:
         if current_text != before_text:  # Claude Code reformats; give the old bytes back
             _write(path, before_text, before.get("mode"))
-    else:
-        # Changed meanwhile by someone else (Claude Code's own state, other plugins): take
-        # out only what is plainly relay's.
+        return
+    # Changed meanwhile. A settings file that existed loses exactly what the install put
+    # in. A file the install created (Claude Code's plugin registries) and ~/.claude.json
+    # (Claude Code's running state: the keys its first start added are its own now) lose
+    # only what is plainly relay's, so they stay valid for Claude Code.
+    if before_text is None or path.name == ".claude.json":
         pruned = _prune_named(current)
-        if pruned != current:
-            _write(path, _dump(pruned, current_text))
+    if pruned != current:
+        _write(path, _dump(pruned, current_text))
 
 
 def _remove_created(paths: list[str]) -> None:
