@@ -28,7 +28,9 @@ Claude Code session, "[from operator]" for the human operator. Your reply goes b
 to whoever wrote the turn (for an operator turn: to the session that was waiting).
 Be concise and concrete: the session acts on your reply as its next instruction.
 When a decision needs the human operator, start your reply with [NEEDS-JC]
-followed by the question; nothing is sent to any session until the operator answers."""
+followed by the question; nothing is sent to any session until the operator answers.
+A session run as an unattended worker ends when your reply to it starts with
+[RELAY-STOP]; use it when that session's work is done."""
 
 DEFAULT_SUMMARIZATION_PROMPT = """\
 Summarize the conversation so far for your own future reference: the goals, what each
