@@ -5,34 +5,34 @@ Exit codes: 0 ok, 2 usage or configuration error (one line, no traceback), 1 oth
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import argparse
 
 from relay import __version__, fsutil
-from relay import log as relay_log
 from relay.client import check_dir, denied
 from relay.config import Config, config_path, load_config
 from relay.errors import RelayError, UsageError
 from relay.layout import Layout
 
-log = logging.getLogger("relay.cli")
-
 REPLY_WAIT_S = 10.0
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            raise UsageError(f"{self.prog}: {message}")
+
     common = _Parser(add_help=False)
     common.add_argument(
         "--config",
@@ -87,6 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if len(args_list) == 3 and args_list[:2] == ["cc", "hook"]:
+        # Runs on every turn of every Claude Code session: no argparse, no parser build.
+        from relay.cc import hooks
+
+        code = hooks.main(args_list[2], sys.stdin, os.environ)
+        if argv is None:  # the console script: skip the interpreter's ~10 ms teardown
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+        return code
     try:
         args = build_parser().parse_args(args_list)
         return dispatch(args)
@@ -116,6 +128,8 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def dispatch(args: argparse.Namespace) -> int:
+    from relay import log as relay_log
+
     verbose = bool(getattr(args, "verbose", False))
     command = args.command
     if command in ("run", "serve"):
@@ -143,6 +157,8 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, *, with_intake: bool, verbose: bool) -> int:
+    from relay import log as relay_log
+
     relay_log.setup("relay-run" if with_intake else "relay-conversation", verbose=verbose)
     config = _config(args)
     from relay.service import Service, install_signal_handlers

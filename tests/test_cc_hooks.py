@@ -203,3 +203,24 @@ def test_a_second_process_on_a_session_is_warned(
     third = run("session-start", {"session_id": "cc-3"}, env, ME)
     assert third.stdout is not None
     assert "another process" in third.stdout["systemMessage"]  # OTHER is still there
+
+
+def test_a_reply_landing_while_claude_code_starts_is_not_missed(
+    setup: tuple[Path, Layout, dict[str, str]],
+) -> None:
+    """Claude Code watches input.txt only once the start hook has answered: the start's
+    delivery keeps looking meanwhile."""
+    import threading
+
+    _, layout, env = setup
+    env = {**env, "RELAY_SESSION": "session-1"}
+    later = threading.Timer(0.5, layout.input_file("session-1").write_text, ["arrived late"])
+    later.start()
+    at_start = {"session_id": "cc-1", "hook_event_name": "SessionStart", "source": "startup"}
+    delivered = run("deliver", at_start, env)
+    later.join()
+    assert delivered.exit_code == hooks.DELIVER_EXIT and "arrived late" in delivered.stderr
+    # It gives up at once when its Claude Code is gone.
+    layout.input_file("session-1").unlink()
+    (layout.session_dir("session-1") / ".relay-claim").unlink()
+    assert run("deliver", at_start, env, Process(os.getpid(), -1)) == hooks.Outcome()

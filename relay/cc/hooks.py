@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -33,10 +33,9 @@ from relay.config import Config, load_config
 from relay.errors import RelayError
 from relay.layout import Layout
 
-log = logging.getLogger(__name__)
-
 EVENTS = ("session-start", "deliver", "prompt", "stop", "stop-failure", "session-end")
 MAX_INPUT = 16 * 1024 * 1024
+START_GAP_S = 15.0
 DELIVER_EXIT = 2  # asyncRewake: exit 2 hands stderr to the model and wakes an idle session
 
 
@@ -133,7 +132,9 @@ def _run(
     if owner is None:
         return _say("cannot tell which Claude Code process this is; not delivering replies")
     if event == "deliver":
-        reply = mailbox.take(owner, cc_session)
+        at_start = hook_input.get("hook_event_name") == "SessionStart"
+        reply = _await_start(mailbox, owner, cc_session) if at_start else None
+        reply = reply or mailbox.take(owner, cc_session)
         if reply is None:
             return Outcome()
         return Outcome(exit_code=DELIVER_EXIT, stderr=frame(binding.session, reply))
@@ -151,6 +152,26 @@ def _run(
         mailbox.detach(owner)
         return Outcome()
     raise RelayError(f"unknown hook event {event!r} (one of {', '.join(EVENTS)})")
+
+
+def _await_start(
+    mailbox: Mailbox, owner: identity.Process, cc_session: str | None
+) -> Reply | None:
+    """At start, Claude Code begins watching input.txt only once the session-start hook
+    has answered; a reply that lands in between would wait for the next start. So the
+    start's delivery hook keeps looking for START_GAP_S (or until Claude Code exits),
+    by which time the watch has long been in place."""
+    from inotify_simple import INotify
+    from inotify_simple import flags as in_flags
+
+    deadline = time.monotonic() + START_GAP_S
+    with INotify() as inotify:
+        inotify.add_watch(mailbox.directory, in_flags.CREATE | in_flags.MOVED_TO)
+        while True:
+            reply = mailbox.take(owner, cc_session)
+            if reply is not None or time.monotonic() > deadline or not owner.alive():
+                return reply
+            inotify.read(timeout=250)
 
 
 def _session_start(

@@ -393,8 +393,13 @@ def plugin_hooks(environ: Mapping[str, str]) -> dict[str, Any]:
 def is_ours(group: Any) -> bool:
     """A hook group of relay's: every command in it runs relay's hook script."""
     hooks = group.get("hooks") if isinstance(group, dict) else None
-    return isinstance(hooks, list) and bool(hooks) and all(
-        isinstance(h, dict) and f"/hooks/{HOOK_SCRIPT}" in str(h.get("command", "")) for h in hooks
+    return (
+        isinstance(hooks, list)
+        and bool(hooks)
+        and all(
+            isinstance(h, dict) and f"/hooks/{HOOK_SCRIPT}" in str(h.get("command", ""))
+            for h in hooks
+        )
     )
 
 
