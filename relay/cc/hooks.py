@@ -106,7 +106,10 @@ def handle(
     try:
         return _run(event, hook_input, environ, owner)
     except (RelayError, OSError) as exc:
-        message = exc.message if isinstance(exc, RelayError) else str(exc)
+        if isinstance(exc, RelayError):
+            message = exc.message
+        else:
+            message = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
         return _say(message) if event != "deliver" else Outcome()
 
 
@@ -227,7 +230,10 @@ def _stop(
             client.submit(config, binding.session, text, envelope_id(hook_input))
         except RelayError as exc:
             problem = f"this turn was not sent to {binding.session}: {exc.message}"
-    _consume(mailbox, owner, hook_input)
+    try:
+        _consume(mailbox, owner, hook_input)
+    except OSError as exc:
+        problem = problem or f"cannot use {mailbox.directory}: {exc.strerror}"
     return _say(problem) if problem else Outcome()
 
 

@@ -242,3 +242,33 @@ def test_user_in_relay_clients_round_trips_through_the_packaged_relay(world: Wor
         w.tmux.wait_screen(PANE, "RELAY-TEST-EXITED", TURN_TIMEOUT)
         wait_for(lambda: not w.attached(), TURN_TIMEOUT, "Claude Code detached")
         assert not c.exists(INPUT)
+
+
+def test_a_user_outside_relay_clients_gets_one_clear_line(world: World) -> None:
+    w, c = world, world.c
+    c.run(["useradd", "-m", "bob"])
+    env = {**w.env, "HOME": "/home/bob", "USER": "bob", "LOGNAME": "bob"}
+
+    def as_bob(*cmd: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        argv = ["runuser", "-u", "bob", "--", "env", "-i", *env_args(env), *cmd]
+        return c.run(argv, input=input, check=False, timeout=120)
+
+    refused = as_bob("/usr/bin/relay", "cc", "run", "--session", SESSION)
+    assert refused.returncode == 1, refused
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "relay-clients" in lines[0], refused.stderr
+    # The Stop hook, as Claude Code would run it for bob: one line for him, exit 0.
+    stop = {"session_id": "cc-bob", "prompt_id": "p1", "last_assistant_message": "hi"}
+    hook = as_bob(
+        "env",
+        f"RELAY_SESSION={SESSION}",
+        f"{PLUGIN}/relay/hooks/relay-hook",
+        "stop",
+        input=json.dumps(stop),
+    )
+    assert hook.returncode == 0, hook
+    message = json.loads(hook.stdout)["systemMessage"]
+    assert (
+        message.startswith("relay: this turn was not sent to session-1")
+        and "relay-clients" in message
+    )
