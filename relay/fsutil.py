@@ -20,9 +20,14 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = True) -> None:
-    """Replace `path` with `data` so readers see the old file or the new one, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    """Replace `path` with `data` so readers see the old file or the new one, never a part.
+
+    The temporary name is unpredictable and created exclusively, never through a symlink:
+    in a directory other users may write to (dispatch/<session>/), a name they could guess
+    would let them point it at a file of ours."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, mode)
     try:
         # The umask may have narrowed `mode`; clients rely on the exact bits.
         os.fchmod(fd, mode)

@@ -284,17 +284,24 @@ class Started:
                     proc.wait(5)
 
 
-def tree_snapshot(*roots: Path) -> dict[str, bytes | None]:
-    """Every file (bytes) and directory (None) under `roots`, Claude Code's transcripts and
-    session registry left out (they are its own, and change as it runs)."""
-    shot: dict[str, bytes | None] = {}
+def tree_snapshot(*roots: Path) -> dict[str, tuple[str, int, bytes | str | None]]:
+    """Every file (its mode and bytes), symlink (its target) and directory (its mode) under
+    `roots`; Claude Code's transcripts and session registry are left out (they are its
+    own, and change as it runs)."""
+    shot: dict[str, tuple[str, int, bytes | str | None]] = {}
     for root in roots:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = [d for d in dirnames if d not in ("projects", "sessions", "session-env")]
-            shot[dirpath] = None
-            for name in filenames:
+            shot[dirpath] = ("dir", os.lstat(dirpath).st_mode, None)
+            for name in filenames + [
+                d for d in dirnames if os.path.islink(os.path.join(dirpath, d))
+            ]:
                 path = os.path.join(dirpath, name)
-                shot[path] = Path(path).read_bytes()
+                st = os.lstat(path)
+                if os.path.islink(path):
+                    shot[path] = ("link", st.st_mode, os.readlink(path))
+                else:
+                    shot[path] = ("file", st.st_mode, Path(path).read_bytes())
     return shot
 
 

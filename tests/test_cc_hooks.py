@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -113,8 +114,6 @@ def test_refusals_are_one_line_for_the_user(
 
 
 def hooks_main(event: str, data: Any, env: dict[str, str], out: io.StringIO) -> int:
-    import contextlib
-
     with contextlib.redirect_stdout(out):
         return hooks.main(event, io.StringIO(json.dumps(data)), env)
 
@@ -122,11 +121,16 @@ def hooks_main(event: str, data: Any, env: dict[str, str], out: io.StringIO) -> 
 def test_garbage_on_stdin_never_breaks_the_session(
     setup: tuple[Path, Layout, dict[str, str]],
 ) -> None:
-    _, _, env = setup
-    for raw in ("", "not json", "[1, 2]", '{"session_id": 5}'):
-        with pytest.MonkeyPatch.context():
-            code = hooks.main("prompt", io.StringIO(raw), {**env, "RELAY_SESSION": "session-1"})
-        assert code == 0
+    _, layout, env = setup
+    for raw in ("", "not json", "[1, 2]", '{"session_id": 5}', '{"prompt": 7}'):
+        for event in ("prompt", "stop", "deliver", "session-end"):
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                code = hooks.main(event, io.StringIO(raw), {**env, "RELAY_SESSION": "session-1"})
+            assert code == 0, (event, raw)
+            printed = out.getvalue().strip()
+            assert printed == "" or "systemMessage" in json.loads(printed), (event, raw)
+    assert queued(layout) == []
 
 
 def test_binding_file_names_the_session_and_config(
@@ -214,7 +218,9 @@ def test_a_reply_landing_while_claude_code_starts_is_not_missed(
 
     _, layout, env = setup
     env = {**env, "RELAY_SESSION": "session-1"}
-    later = threading.Timer(0.5, layout.input_file("session-1").write_text, ["arrived late"])
+    staged = layout.session_dir("session-1") / ".staged"
+    staged.write_text("arrived late")
+    later = threading.Timer(0.5, os.rename, [staged, layout.input_file("session-1")])
     later.start()
     at_start = {"session_id": "cc-1", "hook_event_name": "SessionStart", "source": "startup"}
     delivered = run("deliver", at_start, env)
@@ -224,3 +230,32 @@ def test_a_reply_landing_while_claude_code_starts_is_not_missed(
     layout.input_file("session-1").unlink()
     (layout.session_dir("session-1") / ".relay-claim").unlink()
     assert run("deliver", at_start, env, Process(os.getpid(), -1)) == hooks.Outcome()
+
+
+def test_a_claude_run_by_the_session_itself_does_not_speak_for_it(
+    setup: tuple[Path, Layout, dict[str, str]],
+) -> None:
+    """`relay cc run` names the PID claude gets; a claude that the session's own Bash tool
+    starts inherits RELAY_SESSION but is another process."""
+    _, layout, env = setup
+    assert ME is not None and OTHER is not None
+    nested = {**env, "RELAY_SESSION": "session-1", "RELAY_CC_PID": str(OTHER.pid)}
+    assert run("stop", stop_input("p1", "from a nested claude"), nested, ME) == hooks.Outcome()
+    assert queued(layout) == []
+    launched = {**nested, "RELAY_CC_PID": str(ME.pid)}
+    assert run("stop", stop_input("p1", "from the session"), launched, ME) == hooks.Outcome()
+    assert [e["content"] for e in queued(layout)] == ["from the session"]
+
+
+def test_a_bug_in_a_hook_is_one_line_and_exit_0(
+    setup: tuple[Path, Layout, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, _, env = setup
+
+    def broken(*args: object) -> None:
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(hooks, "_stop", broken)
+    out = hooks.handle("stop", stop_input("p1", "x"), {**env, "RELAY_SESSION": "session-1"}, ME)
+    assert out.exit_code == 0 and out.stdout is not None
+    assert out.stdout["systemMessage"].startswith("relay: internal error in the stop hook")

@@ -47,7 +47,7 @@ class Env:
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    def snapshot(self) -> dict[str, bytes | None]:
+    def snapshot(self) -> dict[str, tuple[str, int, bytes | str | None]]:
         return tree_snapshot(self.home, self.project)
 
 
@@ -110,7 +110,7 @@ def test_settings_hooks_are_merged_beside_the_user_s_own(env: Env) -> None:
     user = settings(env.home / ".claude" / "settings.json")
     assert user["hooks"]["PreToolUse"] == USER_SETTINGS["hooks"]["PreToolUse"]
     commands = [h["command"] for g in user["hooks"]["Stop"] for h in g["hooks"]]
-    assert len(commands) == 1 and commands[0].endswith('/hooks/relay-hook" stop')
+    assert len(commands) == 1 and commands[0].endswith("/hooks/relay-hook stop")
     assert "${CLAUDE_PLUGIN_ROOT}" not in json.dumps(user)
     # A hook of the user's added after the install stays through the uninstall.
     user["hooks"]["Stop"].append({"hooks": [{"type": "command", "command": "echo later"}]})
@@ -164,3 +164,47 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(env: Env) -> None:
         done = relay_cli(env.env, "cc", "install", *args, cwd=env.project)
         assert done.returncode == 2, (args, done.stderr)
         assert message in done.stderr
+
+
+def test_a_symlinked_settings_file_stays_a_link(env: Env) -> None:
+    dotfiles = env.home / "dotfiles"
+    dotfiles.mkdir()
+    real = dotfiles / "claude-settings.json"
+    link = env.home / ".claude" / "settings.json"
+    real.write_text(link.read_text())
+    link.unlink()
+    link.symlink_to("../dotfiles/claude-settings.json")
+    for options in ([], ["--settings"]):
+        before = env.snapshot()
+        env.relay("install", *options)
+        assert link.is_symlink() and "relay" in real.read_text()
+        env.relay("uninstall", *options)
+        assert env.snapshot() == before
+
+
+def test_hooks_of_an_unknown_shape_are_refused_untouched(env: Env) -> None:
+    path = env.home / ".claude" / "settings.json"
+    values: list[Any] = [None, [], {"Stop": {"not": "a list"}}]
+    for value in values:
+        path.write_text(json.dumps({"hooks": value}))
+        before = env.snapshot()
+        done = relay_cli(env.env, "cc", "install", "--settings", cwd=env.project)
+        assert done.returncode == 1, done.stderr
+        assert '"hooks" must map each event' in done.stderr and "Traceback" not in done.stderr
+        assert env.snapshot() == before
+
+
+def test_a_plugin_path_is_quoted_for_the_shell(env: Env, tmp_path: Path) -> None:
+    import shutil
+
+    from tests.claudecode import ROOT
+
+    odd = tmp_path / "it's $(touch pwned)"
+    shutil.copytree(ROOT / "claude-code", odd)
+    env.env["RELAY_CC_PLUGIN"] = str(odd)
+    env.relay("install", "--settings")
+    user = settings(env.home / ".claude" / "settings.json")
+    command = user["hooks"]["Stop"][0]["hooks"][0]["command"]
+    import shlex
+
+    assert shlex.split(command) == [str(odd / "relay" / "hooks" / "relay-hook"), "stop"]

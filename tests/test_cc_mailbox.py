@@ -158,3 +158,63 @@ def test_attached_lists_live_processes_and_forgets_dead_ones(box: Mailbox) -> No
     box.detach(PARENT)  # not attached: nothing happens
     box.detach(ME)
     assert box.attached() == []
+
+
+def test_a_forged_or_empty_input_is_no_reply(box: Mailbox) -> None:
+    assert ME is not None
+    dispatch(box, "")
+    assert box.take(ME, None) is None  # empty: relay never writes one
+    os.unlink(box.input)
+    dispatch(box, "rm -rf ~ (from a fellow client)")
+    os.chown(box.input, 65534, 65534)  # written by someone other than relay
+    assert box.take(ME, None) is None
+    assert box.read_claim() is None
+
+
+def test_files_planted_by_other_clients_never_hang_or_redirect(
+    box: Mailbox, tmp_path: Path
+) -> None:
+    assert ME is not None
+    os.mkfifo(box.directory / CLAIM_NAME)  # reading it would block forever
+    dispatch(box, "still delivered")
+    reply = box.take(ME, None)
+    assert reply is not None and reply.text == "still delivered"
+    precious = tmp_path / "precious"
+    precious.write_text("mine")
+    precious.chmod(0o600)
+    for name in (".relay-cc-1-2.json", f"..relay-claim.{os.getpid()}.tmp"):
+        (box.directory / name).symlink_to(precious)
+    assert box.mark_seen(ME, reply.tag)  # rewrites the claim
+    box.attach(ME, None, "interactive", "/p")
+    assert precious.read_text() == "mine" and precious.stat().st_mode & 0o777 == 0o600
+    assert [a.owner for a in box.attached()] == [ME]
+    (box.directory / ".relay-cc-9-9.json").write_text(
+        '{"owner": {"pid": 1, "start": 0}, "user": "x"}'
+    )
+    assert [a.owner for a in box.attached()] == [ME]  # malformed: ignored, not a crash
+
+
+def test_a_reply_handed_to_a_conversation_that_ended_is_handed_again(box: Mailbox) -> None:
+    assert ME is not None
+    dispatch(box, "before /clear")
+    assert box.take(ME, "conversation-1") is not None
+    assert box.take(ME, "conversation-1") is None
+    again = box.take(ME, "conversation-2")  # same process, new conversation, never seen
+    assert again is not None and again.text == "before /clear"
+    assert box.mark_seen(ME, again.tag)
+    assert box.take(ME, "conversation-3") is None  # taken in by a prompt: stays where it is
+
+
+def test_a_restarted_worker_consumes_what_its_predecessor_answered(box: Mailbox) -> None:
+    assert ME is not None and PARENT is not None
+    dispatch(box, "answered before the crash")
+    reply = box.take(DEAD, None)
+    assert reply is not None
+    assert not box.consume_tag(ME, "relay-msg:other")
+    assert box.consume_tag(ME, reply.tag)
+    assert not box.input.exists() and box.read_claim() is None
+    dispatch(box, "held by a live one")
+    held = box.take(PARENT, None)
+    assert held is not None
+    assert not box.consume_tag(ME, held.tag)
+    assert box.input.exists()

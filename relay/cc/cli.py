@@ -132,6 +132,7 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     claude = _require_claude(environ)
     env = {k: v for k, v in environ.items() if k not in ("CLAUDECODE", identity.WORKER_ENV)}
     env[identity.SESSION_ENV] = args.session
+    env[identity.PID_ENV] = str(os.getpid())  # execve keeps it: claude will be this PID
     env["RELAY_CONFIG"] = str(config.source.resolve())
     argv = [claude, *_claude_args(args)]
     project = Path.cwd()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -32,6 +33,8 @@ from relay.cc.mailbox import Mailbox, Reply, transcript_has
 from relay.config import Config, load_config
 from relay.errors import RelayError
 from relay.layout import Layout
+
+log = logging.getLogger(__name__)
 
 EVENTS = ("session-start", "deliver", "prompt", "stop", "stop-failure", "session-end")
 MAX_INPUT = 16 * 1024 * 1024
@@ -105,12 +108,14 @@ def handle(
     would otherwise hand the error text to the model as an instruction)."""
     try:
         return _run(event, hook_input, environ, owner)
-    except (RelayError, OSError) as exc:
-        if isinstance(exc, RelayError):
-            message = exc.message
-        else:
-            message = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
-        return _say(message) if event != "deliver" else Outcome()
+    except RelayError as exc:
+        message = exc.message
+    except OSError as exc:
+        message = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
+    except Exception as exc:  # a bug of ours must not break the user's session either
+        log.exception("relay cc hook %s failed", event)
+        message = f"internal error in the {event} hook: {exc!r}"
+    return _say(message) if event != "deliver" else Outcome()
 
 
 def _run(
@@ -122,14 +127,14 @@ def _run(
     if environ.get(identity.WORKER_ENV):
         return Outcome()  # the headless worker does this work itself
     cwd = hook_input.get("cwd")
-    binding = identity.resolve(environ, cwd if isinstance(cwd, str) else None)
+    owner = owner or identity.claude_process(environ)
+    binding = identity.resolve(environ, cwd if isinstance(cwd, str) else None, owner)
     if binding is None:
         return Outcome()
     config = _load(binding)
     mailbox = Mailbox(Layout(config.data_dir), binding.session)
     cc_session = hook_input.get("session_id")
     cc_session = cc_session if isinstance(cc_session, str) else None
-    owner = owner or identity.claude_process(environ)
     if event == "session-start":
         return _session_start(binding, config, mailbox, owner, cc_session, str(cwd or ""))
     if owner is None:
@@ -157,9 +162,7 @@ def _run(
     raise RelayError(f"unknown hook event {event!r} (one of {', '.join(EVENTS)})")
 
 
-def _await_start(
-    mailbox: Mailbox, owner: identity.Process, cc_session: str | None
-) -> Reply | None:
+def _await_start(mailbox: Mailbox, owner: identity.Process, cc_session: str | None) -> Reply | None:
     """At start, Claude Code begins watching input.txt only once the session-start hook
     has answered; a reply that lands in between would wait for the next start. So the
     start's delivery hook keeps looking for START_GAP_S (or until Claude Code exits),

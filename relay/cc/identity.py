@@ -22,6 +22,7 @@ from relay.errors import UsageError
 BINDING_NAME = "relay.json"
 SESSION_ENV = "RELAY_SESSION"
 WORKER_ENV = "RELAY_CC_WORKER"  # set by `relay cc worker`: the hooks stand down
+PID_ENV = "RELAY_CC_PID"  # set by `relay cc run`: the PID claude will have
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,19 @@ def project_dir(environ: Mapping[str, str], cwd: str | None) -> Path:
     return Path(environ.get("CLAUDE_PROJECT_DIR") or cwd or os.getcwd())
 
 
-def resolve(environ: Mapping[str, str], cwd: str | None = None) -> Binding | None:
-    """The binding in force for a hook, or None when this Claude Code is not relay's."""
+def resolve(
+    environ: Mapping[str, str], cwd: str | None = None, claude: Process | None = None
+) -> Binding | None:
+    """The binding in force for a hook, or None when this Claude Code is not relay's.
+
+    `relay cc run` also says which process it became (RELAY_CC_PID, as it execs claude):
+    a `claude` that the session itself runs (from its Bash tool) inherits RELAY_SESSION
+    but is not that process, and must not speak for the session.
+    """
     session = environ.get(SESSION_ENV, "").strip()
+    launched = environ.get(PID_ENV, "")
+    if session and launched and (claude is None or str(claude.pid) != launched):
+        session = ""
     if session:
         return Binding(session, config_path(None, environ), SESSION_ENV)
     path = binding_file(project_dir(environ, cwd))

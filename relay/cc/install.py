@@ -22,6 +22,7 @@ import contextlib
 import copy
 import json
 import os
+import shlex
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -136,6 +137,9 @@ def _dump(value: Any, like: str | None) -> str:
 
 
 def _write(path: Path, text: str, mode: int | None = None) -> None:
+    # Through a symlink (a settings.json kept in a dotfiles repository, say): the link
+    # stays a link, and its target gets the new bytes.
+    path = Path(os.path.realpath(path))
     if mode is None:
         try:
             mode = os.stat(path).st_mode & 0o7777
@@ -163,22 +167,28 @@ def _tracked_files(environ: Mapping[str, str], project: Path | None) -> list[Pat
 
 
 def _tracked_trees(environ: Mapping[str, str], project: Path | None) -> list[Path]:
+    """Where `claude plugin ...` creates files: its plugin registry and cache, the backups
+    of ~/.claude.json it makes, and the directories above the files it writes. Nothing
+    else, so that what other programs create meanwhile is never taken for ours."""
     h = home(environ)
-    trees = [h / ".claude", h / ".config"]
+    trees = [h / ".claude" / "plugins", h / ".claude" / "backups", h / ".config" / "git"]
     if project is not None:
         trees.append(project / ".claude")
     return trees
 
 
-def _listing(roots: list[Path]) -> set[str]:
-    found: set[str] = set()
+def _tracked_dirs(environ: Mapping[str, str]) -> list[Path]:
+    h = home(environ)
+    return [h / ".claude", h / ".config"]
+
+
+def _listing(roots: list[Path], dirs: list[Path]) -> set[str]:
+    found = {str(d) for d in dirs if d.is_dir()}
     for root in roots:
         if not root.exists():
             continue
         found.add(str(root))
         for dirpath, dirnames, filenames in os.walk(root):
-            if dirpath.endswith(os.sep + "projects") or os.sep + "projects" + os.sep in dirpath:
-                dirnames[:] = []  # transcripts: Claude Code's, never ours
             for name in dirnames + filenames:
                 found.add(os.path.join(dirpath, name))
     return found
@@ -382,11 +392,32 @@ def supports_plugins(claude: str, environ: Mapping[str, str]) -> bool:
 # --- hooks in settings.json --------------------------------------------------------------
 
 
+PLUGIN_SCRIPT = f'"${{CLAUDE_PLUGIN_ROOT}}/hooks/{HOOK_SCRIPT}"'
+
+
 def plugin_hooks(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The plugin's hooks with `${CLAUDE_PLUGIN_ROOT}` spelled out, for a settings.json."""
+    """The plugin's hooks with `${CLAUDE_PLUGIN_ROOT}` spelled out, for a settings.json.
+
+    The path goes into a shell command, so it is quoted for the shell (a checkout under a
+    directory named `$(...)` must not run anything)."""
     root = plugin_dir(environ)
-    text = (root / "hooks" / "hooks.json").read_text(encoding="utf-8")
-    hooks: dict[str, Any] = json.loads(text.replace("${CLAUDE_PLUGIN_ROOT}", str(root)))["hooks"]
+    hooks: dict[str, Any] = json.loads((root / "hooks" / "hooks.json").read_text())["hooks"]
+    script = shlex.quote(str(root / "hooks" / HOOK_SCRIPT))
+    for groups in hooks.values():
+        for group in groups:
+            for hook in group["hooks"]:
+                hook["command"] = hook["command"].replace(PLUGIN_SCRIPT, script)
+    return hooks
+
+
+def _hooks_of(settings: dict[str, Any], path: Path) -> dict[str, Any]:
+    """settings["hooks"], checked: relay will not guess around a shape it does not know."""
+    hooks = settings.get("hooks", {})
+    if not isinstance(hooks, dict) or not all(isinstance(g, list) for g in hooks.values()):
+        raise RelayError(
+            f'{path}: "hooks" must map each event to a list of hook groups; '
+            "fix it first, nothing was changed"
+        )
     return hooks
 
 
@@ -403,27 +434,32 @@ def is_ours(group: Any) -> bool:
     )
 
 
-def merged_settings(settings: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
+def merged_settings(settings: dict[str, Any], ours: dict[str, Any], path: Path) -> dict[str, Any]:
     """`settings` with relay's hook groups in place of any older ones of relay's."""
     result = copy.deepcopy(settings)
-    hooks = result.setdefault("hooks", {})
+    hooks = copy.deepcopy(_hooks_of(settings, path))
+    result["hooks"] = hooks
     for event, groups in ours.items():
         existing = [g for g in hooks.get(event, []) if not is_ours(g)]
         hooks[event] = existing + groups
     return result
 
 
-def without_our_hooks(settings: dict[str, Any]) -> dict[str, Any]:
+def without_our_hooks(settings: dict[str, Any], before: Any = None) -> dict[str, Any]:
+    """`settings` without relay's hook groups; lists and the `hooks` key that are empty
+    then go too, unless they were there (empty) `before`."""
     result = copy.deepcopy(settings)
+    old = before.get("hooks") if isinstance(before, dict) else None
+    old = old if isinstance(old, dict) else None
     hooks = result.get("hooks")
     if isinstance(hooks, dict):
         for event in list(hooks):
             groups = hooks[event]
             if isinstance(groups, list):
                 hooks[event] = [g for g in groups if not is_ours(g)]
-                if not hooks[event]:
+                if not hooks[event] and (old is None or event not in old):
                     del hooks[event]
-        if not hooks:
+        if not hooks and old is None:
             del result["hooks"]
     return result
 
@@ -491,7 +527,9 @@ def _record(
         for path in before
         if _read(Path(path)) != before[path]["text"]
     }
-    created = sorted(_listing(_tracked_trees(environ, project)) - tree_before)
+    created = sorted(
+        _listing(_tracked_trees(environ, project), _tracked_dirs(environ)) - tree_before
+    )
     created = [p for p in created if p not in before]
     manifest.add(
         {
@@ -525,7 +563,7 @@ def _install_plugin(
     files = _tracked_files(environ, project)
     trees = _tracked_trees(environ, project)
     before = _snapshot(files)
-    tree_before = _listing(trees)
+    tree_before = _listing(trees, _tracked_dirs(environ))
     prior = manifest.find(key)
     try:
         if known is not None and Path(known) != source:
@@ -548,7 +586,7 @@ def _install_settings(
     path = settings_file(request.scope, environ, project)
     text = _read(path)
     current = _load_object(path)
-    wanted = merged_settings(current, plugin_hooks(environ))
+    wanted = merged_settings(current, plugin_hooks(environ), path)
     if wanted == current:
         return f"hooks already in {path}"
     key = _component_key("settings", request.scope, project)
@@ -631,9 +669,9 @@ def _revert_settings(path: Path, before: dict[str, Any]) -> None:
     if text is None:
         return
     current = _load_object(path)
-    pruned = without_our_hooks(current)
     before_text = before.get("text")
     before_value = _parse(path, before_text) if before_text is not None else None
+    pruned = without_our_hooks(current, before_value)
     if before_text is None and not pruned:
         path.unlink()
     elif before_text is not None and pruned == before_value:

@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,29 +117,31 @@ class Mailbox:
             os.close(fd)
 
     def _current(self) -> tuple[str, str] | None:
-        """(tag, text) of input.txt, or None when there is none."""
-        try:
-            fd = os.open(self.input, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except (FileNotFoundError, OSError):
+        """(tag, text) of input.txt, or None when there is no reply from relay there.
+
+        Other clients may write to this directory too; only a regular file owned by
+        whoever owns the directory (relay, which made it) is a reply, so a forged
+        input.txt is never passed off as the coordinator's instruction."""
+        read = _read_regular(self.input)
+        if read is None:
             return None
+        data, st = read
         try:
-            st = os.fstat(fd)
-            chunks = []
-            while chunk := os.read(fd, 1 << 16):
-                chunks.append(chunk)
-        finally:
-            os.close(fd)
-        data = b"".join(chunks)
+            if st.st_uid != os.stat(self.directory).st_uid or not data.strip():
+                return None
+        except OSError:
+            return None
         # The inode and mtime tell two replies with the same text apart.
         digest = hashlib.sha256(f"{st.st_ino}:{st.st_mtime_ns}:".encode() + data).hexdigest()
         return TAG_PREFIX + digest[:16], data.decode("utf-8", errors="replace")
 
     def read_claim(self) -> Claim | None:
-        try:
-            return _claim_from(json.loads(self.claim_path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
+        read = _read_regular(self.claim_path)
+        if read is None:
             return None
-        except (OSError, ValueError):
+        try:
+            return _claim_from(json.loads(read[0]))
+        except ValueError:
             return None  # a torn or foreign file: treated as no claim, replaced on take
 
     def _write_claim(self, claim: Claim) -> None:
@@ -158,9 +161,12 @@ class Mailbox:
             claim = self.read_claim()
             reoffered = False
             if claim is not None and claim.tag == tag:
-                if claim.owner.alive():
+                # Ours, not yet in a prompt, asked for by another conversation of ours
+                # (after /clear, say): the first handing-over went nowhere, so hand it again.
+                again = claim.owner == owner and not claim.seen and claim.cc_session != cc_session
+                if claim.owner.alive() and not again:
                     return None  # taken already, by us or by another live process
-                reoffered = True
+                reoffered = not again
             self._write_claim(Claim(tag, owner, cc_session, False, iso(utc_now())))
             return Reply(tag, text, reoffered)
 
@@ -194,6 +200,21 @@ class Mailbox:
             fsutil.unlink_durable(self.claim_path)
             return True
 
+    def consume_tag(self, owner: Process, tag: str) -> bool:
+        """Delete input.txt if it is still the reply `tag` and no other live process holds
+        it: a restarted worker finishing what its dead predecessor had answered."""
+        with self._locked():
+            current = self._current()
+            if current is None or current[0] != tag:
+                return False
+            claim = self.read_claim()
+            if claim is not None and claim.owner != owner and claim.owner.alive():
+                return False
+            fsutil.unlink_durable(self.input)
+            if claim is not None:
+                fsutil.unlink_durable(self.claim_path)
+            return True
+
     # --- attached processes ------------------------------------------------------------
 
     def _attached_path(self, owner: Process) -> Path:
@@ -218,20 +239,23 @@ class Mailbox:
                 path.unlink()
 
     def _read_attached(self, path: Path) -> Attached | None:
+        read = _read_regular(path)
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            raw = json.loads(read[0]) if read is not None else None
+        except ValueError:
             return None
-        owner = Process.from_json(raw.get("owner")) if isinstance(raw, dict) else None
+        if not isinstance(raw, dict):
+            return None
+        owner = Process.from_json(raw.get("owner"))
         if owner is None:
             return None
-        cc = raw.get("cc_session")
+        cc, user = raw.get("cc_session"), raw.get("user")
         return Attached(
             owner,
             cc if isinstance(cc, str) else None,
             str(raw.get("kind", "interactive")),
             str(raw.get("cwd", "")),
-            int(raw.get("user", -1)),
+            user if isinstance(user, int) else -1,
             str(raw.get("since", "")),
         )
 
@@ -253,6 +277,27 @@ class Mailbox:
                 with contextlib.suppress(OSError):
                     path.unlink()
         return live
+
+
+def _read_regular(path: Path) -> tuple[bytes, os.stat_result] | None:
+    """The bytes of `path` if it is a regular file (never through a symlink, never
+    blocking on a FIFO someone put there), else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks), st
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def transcript_has(transcript: str | None, tag: str) -> bool:

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 STOP_WORD = "[RELAY-STOP]"
 MAX_CRASHES = 5  # consecutive deaths of `claude` without a result: give up
 CRASH_PAUSE_S = 2.0
+RECHECK_S = 30.0
 TERM_GRACE_S = 10.0
 
 
@@ -176,7 +177,7 @@ class Worker:
         self.claude_args = list(claude_args)
         self.task = task
         self.out = out or sys.stderr
-        self.env = {k: v for k, v in environ.items() if k not in ("CLAUDECODE",)}
+        self.env = {k: v for k, v in environ.items() if k not in ("CLAUDECODE", identity.PID_ENV)}
         self.env.update(
             {
                 identity.SESSION_ENV: session,
@@ -260,8 +261,9 @@ class Worker:
         unsent = self.state.unsent
         if unsent is None:
             return
-        self._submit(unsent["text"], unsent["id"])
-        self._consume(unsent.get("tag") or None)
+        self._submit(unsent["text"], unsent["id"])  # relay refuses it if it got there before
+        if unsent.get("tag"):
+            self.mailbox.consume_tag(self.me, unsent["tag"])  # the claim names the dead one
         self.state.unsent = None
         self.state.save()
 
@@ -280,7 +282,8 @@ class Worker:
             if not announced:
                 self.say("waiting for the next reply")
                 announced = True
-            ready, _, _ = select.select([inotify.fd, self._wake_r], [], [])
+            # No time limit; the timeout only re-checks a reply whose holder may have died.
+            ready, _, _ = select.select([inotify.fd, self._wake_r], [], [], RECHECK_S)
             if inotify.fd in ready:
                 inotify.read(timeout=0)
         return None
@@ -293,8 +296,12 @@ class Worker:
                 if claude is not None:
                     claude.stop()
                 claude = self._start_claude()
-            claude.send(turn.text)
-            result = self._await_result(claude)
+            try:
+                claude.send(turn.text)
+            except OSError:  # it died just now: the same as dying mid-turn
+                result = None
+            else:
+                result = self._await_result(claude)
             if result is not None:
                 break
             code = claude.proc.wait()
