@@ -37,4 +37,5 @@ clean-deb:
 .PHONY: bench
 bench:
 	.venv/bin/python -m bench.foreground
+	.venv/bin/python -m bench.hooks
 	.venv/bin/python -m bench.systemd
