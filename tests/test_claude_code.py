@@ -429,17 +429,8 @@ def test_project_hooks_are_kept_and_both_fire(world: World) -> None:
     settings = project / ".claude" / "settings.json"
     settings.parent.mkdir()
     settings.write_text(json.dumps(own, indent=2) + "\n")
-    done = world.cli(
-        "cc",
-        "install",
-        "--scope",
-        "project",
-        "--project",
-        str(project),
-        "--session",
-        "session-1",
-        "--settings",
-    )
+    options = ["--scope", "project", "--project", str(project), "--session", "session-1"]
+    done = world.cli("cc", "install", *options, "--settings")
     assert done.returncode == 0, done.stderr
     merged = json.loads(settings.read_text())
     assert merged["env"] == own["env"]
@@ -454,17 +445,7 @@ def test_project_hooks_are_kept_and_both_fire(world: World) -> None:
     wait_for(lambda: (marks / "stop").exists(), TURN_TIMEOUT, "the project's Stop hook")
     assert (marks / "pre").exists(), "the project's PreToolUse hook did not fire"
 
-    undone = world.cli(
-        "cc",
-        "uninstall",
-        "--scope",
-        "project",
-        "--project",
-        str(project),
-        "--session",
-        "session-1",
-        "--settings",
-    )
+    undone = world.cli("cc", "uninstall", *options, "--settings")
     assert undone.returncode == 0, undone.stderr
     assert settings.read_text() == json.dumps(own, indent=2) + "\n"
     assert not (project / ".claude" / "relay.json").exists()
