@@ -1,4 +1,4 @@
-"""The command line (ARCHITECTURE ⚑ Command line). The only place that exits the process.
+"""The command line (README: Command line). The only place that exits the process.
 
 Exit codes: 0 ok, 2 usage or configuration error (one line, no traceback), 1 otherwise.
 """
@@ -177,7 +177,7 @@ def _intake(config: Config, what: str, linger_s: float) -> int:
     else:
         result = intake.drain_operator(layout)
     # One summary line on stdout: stream logging keeps the unit name even if the process
-    # exits before journald reads it (notes/systemd.md §3.2).
+    # exits before journald reads it (docs/systemd.md §3.2).
     print(f"intake {what}: {len(result.accepted)} accepted, {len(result.rejected)} rejected")
     return 0
 

@@ -7,7 +7,7 @@ Per inbox item the order of durable steps is: API call → ledger → history re
 the item's key) → pending reply → inbox item removed → later, delivery by rename. On
 restart `recover` finishes any item whose turn is already in history without calling the
 API again; delivery only ever happens after the inbox item is gone, so an inbox item that
-still exists has never been delivered (ARCHITECTURE invariants 1-2).
+still exists has never been delivered (docs/architecture.md, promises 1-2).
 """
 
 from __future__ import annotations

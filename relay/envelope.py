@@ -1,4 +1,4 @@
-"""Envelope validation (ARCHITECTURE ⚑ Envelope). Pure: bytes in, Envelope or a reason out."""
+"""Envelope validation (README: Envelope). Pure: bytes in, Envelope or a reason out."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Durable file operations: write temp, fsync, rename, fsync the directory.
 
 Durable means the data and the directory entry both survive a power cut, which is
-what the invariants in ARCHITECTURE.md ask for.
+what the promises in docs/architecture.md ask for.
 """
 
 from __future__ import annotations

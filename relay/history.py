@@ -1,7 +1,7 @@
 """The conversation history on disk: append-only JSON lines, one record per turn.
 
 Each append is one `write()` of one line followed by fsync, so a crash leaves at worst a
-torn last line, which `load` cuts off (ARCHITECTURE invariant 3). Summarization writes a
+torn last line, which `load` cuts off (docs/architecture.md, promise 3). Summarization writes a
 new file and swaps it in with a rename after hard-linking the old one into archive/.
 """
 

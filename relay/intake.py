@@ -2,7 +2,7 @@
 
 This is what the short-lived path-activated handlers run, so it must start fast: it never
 imports `anthropic`. Each run drains everything and always consumes its trigger, so the
-path units never loop or wedge (ARCHITECTURE invariant 4).
+path units never loop or wedge (docs/architecture.md, promise 4).
 
 A file is first claimed by renaming it into the inbox under a dot-name (writers can no
 longer replace it), then validated, then either renamed to its final inbox name or moved

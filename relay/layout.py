@@ -1,4 +1,4 @@
-"""Where everything lives under the data root (ARCHITECTURE ⚑ Files and directories)."""
+"""Where everything lives under the data root (README: Files; docs/architecture.md: On disk)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Logging: journald with structured fields under systemd, readable stderr otherwise.
 
 Every event carries RELAY_EVENT and, where they apply, RELAY_SESSION, RELAY_ENVELOPE and
-RELAY_COST_USD (ARCHITECTURE ⚑ Journal fields), so `journalctl RELAY_SESSION=…` works.
+RELAY_COST_USD (README: Journal fields), so `journalctl RELAY_SESSION=…` works.
 """
 
 from __future__ import annotations

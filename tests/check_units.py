@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Static checks for relay's systemd units; no running systemd needed (notes/systemd.md §6.1).
+"""Static checks for relay's systemd units; no running systemd needed (docs/systemd.md §6.1).
 
     python3 tests/check_units.py [UNITS_DIR]     # prints every problem, exit 1 if any
 

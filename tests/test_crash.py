@@ -1,4 +1,4 @@
-"""Crash safety (ARCHITECTURE invariants 1-3): SIGKILL `relay run` at random moments while
+"""Crash safety (docs/architecture.md, promises 1-3): SIGKILL `relay run` at random moments while
 envelopes stream in and sessions consume replies. Every envelope must end with exactly one
 dispatched reply, none twice, and history must hold each turn once.
 

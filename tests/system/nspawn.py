@@ -1,6 +1,6 @@
 """Boot a real systemd (PID 1) in ``systemd-nspawn`` on a throw-away overlay of the host root.
 
-This is the harness for relay's system tests (notes/systemd.md §6.2). The host root ``/`` is
+This is the harness for relay's system tests (docs/systemd.md §6.2). The host root ``/`` is
 the read-only lower layer of an overlayfs whose upper and work directories live on a fresh
 tmpfs, so the container sees this machine's userland (python3, systemd 252, whatever ``.ci/run``
 installed) and every write it makes vanishes at teardown. The container shares the host network
@@ -421,7 +421,7 @@ class Container:
     # ----- setup before boot ---------------------------------------------------------------
 
     def prepare(self) -> None:
-        """tmpfs + overlay (lowerdir=/) exactly as notes §6.2, then mask host services."""
+        """tmpfs + overlay (lowerdir=/) as in docs/systemd.md §6.2, then mask host services."""
         if self.base is not None:
             return
         cleanup_stale(self._tmp_root)

@@ -60,7 +60,7 @@ RELAY_UNITS = (
     "relay-queue.service",
     "relay-jc.service",
 )
-# Every way a path unit or its handler can be wedged by its limits (notes/systemd.md §1.3).
+# Every way a path unit or its handler can be wedged by its limits (docs/systemd.md §1.3).
 LIMIT_HITS = (
     "start-limit-hit",
     "unit-start-limit-hit",
@@ -486,7 +486,7 @@ def test_scripted_reply_text_is_delivered_verbatim(relay: Container, api: Standi
 # three waves: the second starts 3.5 s after the first, when the queue handler (which ends
 # after 2 s without new envelopes) has exited, so the path unit must start it again; the
 # third 2.05 s after the second, about when the handler is exiting, when the path unit has no
-# inotify watch and only its re-check after the handler stops sees the files (notes/systemd.md
+# inotify watch and only its re-check after the handler stops sees the files (docs/systemd.md
 # §1.2). A writer's file names sort in its own order, so even where mtimes are coarse
 # (jiffies) two of its files with the same mtime keep their order; across writers the order
 # is whatever the clock says.
