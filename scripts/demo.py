@@ -123,6 +123,55 @@ class Demo:
             time.sleep(0.02)
 
 
+# What the demo's Claude Code "model" says, turn by turn (a stand-in, like chat-Claude's).
+CC_TURNS = [
+    "Added 14 fuzz cases for the parser's error paths (tests/test_parser_fuzz.py); all pass.",
+    "Coverage of parser.py is now 97%; the two lines left are unreachable guards.",
+]
+
+
+def claude_code_worker(demo: Demo, work: Path) -> None:
+    """`relay cc worker` with the pinned Claude Code (scripts/setup installs it), offline:
+    its model is a stand-in too. Two rounds, then chat-Claude's [RELAY-STOP] ends it."""
+    sys.path.insert(0, str(ROOT))
+    from tests.claudecode import cc_env, claude_binary, is_side_request, seed_home
+    from tests.standin.api import Reply, StandinAPI
+
+    turns = iter(CC_TURNS)
+
+    def model(body: dict[str, Any]) -> Reply:
+        return Reply('{"title": "fuzz tests"}') if is_side_request(body) else Reply(next(turns))
+
+    home = work / "home"
+    seed_home(home, work)
+    demo.chat_claude_will_say("Good. Now run them under coverage and report the numbers.")
+    demo.chat_claude_will_say("[RELAY-STOP] Thanks, that is all for today.")
+    with StandinAPI(responder=model) as cc_api:
+        env = cc_env(home, cc_api.url, RELAY_CLAUDE=str(claude_binary()))
+        env.pop("RELAY_CONFIG", None)
+        task = "Add fuzz tests for the parser's error paths."
+        show("   $ relay cc worker --session session-1 --task", repr(task))
+        command = ["--config", str(demo.config), "cc", "worker", "--session", "session-1"]
+        worker = subprocess.run(
+            [PY, "-m", "relay", *command, "--task", task],
+            env=env,
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            stdin=subprocess.DEVNULL,
+        )
+        for line in worker.stderr.splitlines():
+            print(f"   | {line}")
+        if worker.returncode != 0:
+            raise SystemExit(f"demo: relay cc worker exited with {worker.returncode}")
+    history = [json.loads(line) for line in (demo.data / "state" / "history.jsonl").open()]
+    for record in history[-2:]:
+        heard = str(record.get("user", "")).removeprefix("[from session-1]\n")
+        show("   session-1's Claude Code told chat-Claude:", heard[:200])
+        show("   chat-Claude answered (its next user message):", str(record.get("reply", ""))[:200])
+
+
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="relay-demo-"))
     api, api_url = start_server("api.py")
@@ -184,7 +233,10 @@ def main() -> int:
         say("6. relay status")
         time.sleep(0.3)
         print(textwrap.indent(demo.relay("status"), "   "))
-        print(f"   files: {demo.data}   log: {work / 'relay.log'}")
+
+        say("7. A real Claude Code, connected: relay cc worker runs it headless for session-1")
+        claude_code_worker(demo, work)
+        print(f"\n   files: {demo.data}   log: {work / 'relay.log'}")
         return 0
     finally:
         for proc in (relay, api, ntfy):
