@@ -473,3 +473,44 @@ def test_unbound_project_does_nothing_and_a_refusal_is_one_line(world: World) ->
     world.tmux.type("bad", "still works [[reply: still answering]]")
     world.tmux.wait_screen("bad", "still answering", TURN_TIMEOUT)
     assert world.coordinator.seen == []
+
+
+def test_replies_arriving_mid_turn_wait_for_its_end_and_come_one_turn_each_in_order(
+    world: World,
+) -> None:
+    world.run_session("s1", "session-1")
+    world.tmux.type("s1", "a slow turn [[delay: 6]] [[reply: slow turn done]]")
+    wait_request_with(world.cc_api, "a slow turn", TURN_TIMEOUT)
+    for n in (1, 2, 3):  # all three land while the model is still "thinking"
+        world.relay.reply(f"@session-1: queued message {n} [[reply: handled {n}]]")
+        wait_for(partial(dispatched, world, f"queued message {n}"), TURN_TIMEOUT, f"message {n}")
+    wait_for(lambda: len(world.coordinator.turns_from("session-1")) == 4, TURN_TIMEOUT * 2, "4")
+    turns = [t.split("\n", 1)[1] for t in world.coordinator.turns_from("session-1")]
+    assert turns == ["slow turn done", "handled 1", "handled 2", "handled 3"]
+    # Each message was the newest user message of exactly one request, after the slow one.
+    order = [
+        next((n for n in (0, 1, 2, 3) if marker(n) in user_texts(b)[-1]), None)
+        for b in main_requests(world.cc_api)
+    ]
+    assert [n for n in order if n is not None] == [0, 1, 2, 3]
+
+
+def marker(n: int) -> str:
+    return "a slow turn" if n == 0 else f"queued message {n}"
+
+
+def dispatched(world: World, text: str) -> bool:
+    return any(text in t for t in pending_texts(world))
+
+
+def pending_texts(world: World) -> list[str]:
+    """What relay has dispatched to session-1 and not yet seen consumed."""
+    directory = world.relay.data / "dispatch" / "session-1"
+    files = [directory / "input.txt", *sorted((directory / ".pending").glob("*.txt"))]
+    texts = []
+    for path in files:
+        try:
+            texts.append(path.read_text())
+        except OSError:
+            continue
+    return texts
