@@ -5,6 +5,7 @@ Errors name the key path (`sessions[2]: ...`) so the operator can find them.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/relay/config.yaml")
 
 # A session id names a directory under dispatch/, so it must be a plain, safe name.
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+RESERVED_SENDERS = frozenset({"operator", "relay"})
 
 DEFAULT_SYSTEM_PROMPT = """\
 You coordinate a team of Claude Code sessions working for one operator.
@@ -114,10 +116,21 @@ class _Checker:
             return default
         return value
 
-    def number(self, data: Mapping[str, Any], key: str, default: float, path: str) -> float:
+    def number(
+        self, data: Mapping[str, Any], key: str, default: float, path: str, maximum: float
+    ) -> float:
         value = data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        # YAML reads .nan and .inf as floats; neither is a time-out.
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
             self.fail(path, f"must be a positive number, got {value!r}")
+            return default
+        if value > maximum:
+            self.fail(path, f"must be at most {maximum:g}, got {value!r}")
             return default
         return float(value)
 
@@ -260,6 +273,10 @@ def _sessions(raw: Mapping[str, Any], check: _Checker) -> tuple[str, ...]:
         key = f"sessions[{index}]"
         if not isinstance(session, str) or not SESSION_ID_RE.match(session):
             check.fail(key, f"{session!r} is not a valid session id (letters, digits, . _ -)")
+        elif session.lower() in RESERVED_SENDERS:
+            # chat-Claude is told who wrote each turn by name: a session called "operator"
+            # would read exactly like the human.
+            check.fail(key, f"{session!r} is reserved for relay's own senders; choose another")
         elif session in seen:
             check.fail(key, f"{session!r} is listed twice")
         else:
@@ -275,7 +292,7 @@ def _anthropic(raw: Mapping[str, Any], check: _Checker) -> AnthropicConfig:
         check.fail("anthropic.base_url", f"must be an http(s) URL, got {base_url!r}")
     return AnthropicConfig(
         base_url=base_url,
-        timeout_s=check.number(section, "timeout_s", 300.0, "anthropic.timeout_s"),
+        timeout_s=check.number(section, "timeout_s", 300.0, "anthropic.timeout_s", 3600.0),
     )
 
 
@@ -291,7 +308,7 @@ def _ntfy(raw: Mapping[str, Any], check: _Checker) -> NtfyConfig:
     return NtfyConfig(
         server=server.rstrip("/") if server else None,
         topic=topic,
-        timeout_s=check.number(section, "timeout_s", 5.0, "ntfy.timeout_s"),
+        timeout_s=check.number(section, "timeout_s", 5.0, "ntfy.timeout_s", 300.0),
     )
 
 
@@ -312,7 +329,12 @@ def _prices(raw: Mapping[str, Any], check: _Checker) -> dict[str, Price]:
             value = entry.get(name)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
                 check.fail(f"{key}.{name}", f"must be a number >= 0, got {value!r}")
                 continue
             values[name] = float(value)

@@ -24,7 +24,13 @@ from pathlib import Path
 from relay import fsutil
 from relay.config import Config
 from relay.envelope import Envelope, Rejected, parse_envelope
-from relay.layout import CLIENT_FILE_MODE, REJECTED_MODE, Layout
+from relay.layout import (
+    CLIENT_FILE_MODE,
+    PRIVATE_FILE_MODE,
+    PRIVATE_MODE,
+    REJECTED_MODE,
+    Layout,
+)
 from relay.log import event
 
 log = logging.getLogger(__name__)
@@ -216,21 +222,26 @@ def _settle(
     result.accepted.append(final.name)
 
 
-def reject(layout: Layout, source: Path, name: str, reason: str) -> Path:
-    """Move `source` to queue/.rejected/ under `name` (made unique) with NAME.reason beside it."""
-    fsutil.makedirs(layout.rejected, REJECTED_MODE)
-    target = layout.rejected / name
+def reject(layout: Layout, source: Path, name: str, reason: str, *, private: bool = False) -> Path:
+    """Move `source` to queue/.rejected/ under `name` (made unique) with NAME.reason beside it.
+
+    `private`: the operator's input, which may say things clients must not read, goes to
+    state/rejected/ instead, readable by relay (and root) only."""
+    where = layout.operator_rejected if private else layout.rejected
+    fsutil.makedirs(where, PRIVATE_MODE if private else REJECTED_MODE)
+    file_mode = PRIVATE_FILE_MODE if private else CLIENT_FILE_MODE
+    target = where / name
     counter = 1
     while (
         target.exists() or target.is_symlink() or target.with_name(f"{target.name}.reason").exists()
     ):
-        target = layout.rejected / f"{name}.{counter}"
+        target = where / f"{name}.{counter}"
         counter += 1
     line = reason.replace("\n", " ").strip() + "\n"
-    fsutil.atomic_write(target.with_name(f"{target.name}.reason"), line.encode(), CLIENT_FILE_MODE)
+    fsutil.atomic_write(target.with_name(f"{target.name}.reason"), line.encode(), file_mode)
     with contextlib.suppress(OSError):
         if not source.is_symlink():
-            os.chmod(source, CLIENT_FILE_MODE)
+            os.chmod(source, file_mode)
     fsutil.durable_rename(source, target)
     event(log, "rejected", "rejected %s: %s", name, reason, envelope=name, level=logging.WARNING)
     return target
@@ -255,6 +266,17 @@ def drain_operator(layout: Layout) -> IntakeResult:
     return result
 
 
+OPERATOR_MAX_BYTES = 1024 * 1024
+
+
+def _read_operator(claim: Path) -> bytes:
+    """The operator's input, whole: past the limit it is refused, never cut short."""
+    data = _read_claimed(claim, OPERATOR_MAX_BYTES)
+    if len(data) > OPERATOR_MAX_BYTES:
+        raise Rejected(f"too large: over {OPERATOR_MAX_BYTES} bytes")
+    return data
+
+
 def _is_utf8(data: bytes) -> bool:
     try:
         data.decode("utf-8")
@@ -267,16 +289,16 @@ def _settle_operator(layout: Layout, claim: Path, result: IntakeResult) -> None:
     stamp = claim.name.removeprefix(JC_CLAIM_PREFIX)
     name = f"jc_input-{stamp}.txt"
     try:
-        data = _read_claimed(claim, 1024 * 1024)
+        data = _read_operator(claim)
         if (not data.strip() or not _is_utf8(data)) and _wait_if_young(claim):
-            data = _read_claimed(claim, 1024 * 1024)  # an `echo > jc_input.txt` in progress
+            data = _read_operator(claim)  # an `echo > jc_input.txt` in progress
         text = data.decode("utf-8")
     except Rejected as exc:
-        reject(layout, claim, name, str(exc))
+        reject(layout, claim, name, str(exc), private=True)
         result.rejected.append(name)
         return
     except UnicodeDecodeError as exc:
-        reject(layout, claim, name, f"not valid UTF-8 (byte {exc.start})")
+        reject(layout, claim, name, f"not valid UTF-8 (byte {exc.start})", private=True)
         result.rejected.append(name)
         return
     if not text.strip():

@@ -34,6 +34,11 @@ class Layout:
         return self.queue / ".rejected"
 
     @property
+    def operator_rejected(self) -> Path:
+        # The operator's refused input: private, unlike queue/.rejected/ which clients read.
+        return self.state / "rejected"
+
+    @property
     def dispatch(self) -> Path:
         return self.root / "dispatch"
 

@@ -475,3 +475,33 @@ def test_where_never_contains_the_key(config: Config, tmp_path: Path) -> None:
         assert key == KEY
         assert KEY not in where
         assert KEY[:12] not in where
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("anthropic: {timeout_s: .nan}", "anthropic.timeout_s"),
+        ("anthropic: {timeout_s: .inf}", "anthropic.timeout_s"),
+        ("anthropic: {timeout_s: 1.0e+300}", "anthropic.timeout_s"),
+        ("ntfy: {timeout_s: -.inf}", "ntfy.timeout_s"),
+        ("ntfy: {timeout_s: 86400}", "ntfy.timeout_s"),
+        ("prices: {m: {input: .nan, output: 1}}", "prices.m.input"),
+        ("prices: {m: {input: 1, output: .inf}}", "prices.m.output"),
+    ],
+)
+def test_non_finite_and_absurd_numbers_name_their_key(tmp_path: Path, text: str, key: str) -> None:
+    path = write(tmp_path, f"sessions: [s]\n{text}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    keys = [p.split(":")[0] for p in err.value.problems]
+    assert keys[0] == key, keys
+
+
+@pytest.mark.parametrize("name", ["operator", "relay", "Operator"])
+def test_a_session_may_not_be_named_like_relay_s_own_senders(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path, f"sessions: [session-1, {name}]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.problems == [
+        f"sessions[1]: {name!r} is reserved for relay's own senders; choose another"
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -278,3 +279,37 @@ def test_a_crash_between_marking_an_id_and_accepting_does_not_reject_it(
     assert result.accepted == [f"q-{5:020d}-a.json"] and result.rejected == []
     (layout.queue / "again.json").write_bytes(envelope(id="task-9"))
     assert intake.drain_queue(config, layout).rejected == ["again.json"]
+
+
+def test_refused_operator_input_stays_private(setup: tuple[Config, Layout]) -> None:
+    _, layout = setup
+    secret = b"the deploy password is hunter2 \xff"
+    layout.jc_input.write_bytes(secret)
+    os.utime(layout.jc_input, (time.time() - 60, time.time() - 60))  # not being written
+    result = intake.drain_operator(layout)
+    assert len(result.rejected) == 1
+    assert not layout.rejected.exists() or list(layout.rejected.iterdir()) == []
+    (kept,) = [p for p in layout.operator_rejected.iterdir() if not p.name.endswith(".reason")]
+    assert kept.read_bytes() == secret
+    assert kept.stat().st_mode & 0o077 == 0
+    assert layout.operator_rejected.stat().st_mode & 0o077 == 0
+    reason = kept.with_name(kept.name + ".reason").read_text()
+    assert "not valid UTF-8" in reason
+
+
+def test_operator_input_past_the_limit_is_refused_not_cut_short(
+    setup: tuple[Config, Layout],
+) -> None:
+    _, layout = setup
+    # A multibyte character across the read limit: refused as too large, not "bad UTF-8".
+    big = ("é" * (intake.OPERATOR_MAX_BYTES // 2 + 1000)).encode()
+    layout.jc_input.write_bytes(big)
+    os.utime(layout.jc_input, (time.time() - 60, time.time() - 60))
+    result = intake.drain_operator(layout)
+    assert result.accepted == [] and len(result.rejected) == 1
+    (reason,) = layout.operator_rejected.glob("*.reason")
+    assert "too large" in reason.read_text()
+    just_fits = ("é" * (intake.OPERATOR_MAX_BYTES // 2)).encode()
+    layout.jc_input.write_bytes(just_fits)
+    (name,) = intake.drain_operator(layout).accepted
+    assert (layout.inbox / name).read_bytes() == just_fits
