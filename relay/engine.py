@@ -320,9 +320,10 @@ class Engine:
         self.last_error = exc.message
         if exc.transient:
             self.failures += 1
-            delay = exc.retry_after
-            if delay is None:
-                delay = min(2.0 ** (self.failures - 1), MAX_BACKOFF_S) * random.uniform(0.75, 1.0)
+            # Our own backoff is the floor: a server asking for `retry-after: 0` (or a few
+            # milliseconds) again and again must not make relay hammer the API.
+            ours = min(2.0 ** (self.failures - 1), MAX_BACKOFF_S) * random.uniform(0.75, 1.0)
+            delay = max(exc.retry_after or 0.0, ours)
             self.retry_at = self.monotonic() + min(delay, MAX_BACKOFF_S)
             event(
                 log,

@@ -345,3 +345,27 @@ def test_a_direct_message_is_delivered_in_the_same_tick(
     assert layout.input_file("session-2").read_text() == "now"
     assert api.calls == []
     engine.close()
+
+
+def test_a_server_asking_for_no_wait_does_not_make_relay_hammer_the_api(
+    world: tuple[Config, Layout, FakeApi, Clock],
+) -> None:
+    _, layout, api, clock = world
+    for _ in range(5):
+        api.errors.append(ApiError("HTTP 429: rate limited", transient=True, retry_after=0.0))
+    engine = make(world)
+    put_envelope(layout, "a.json", "session-1", "hello")
+    settle(engine)
+    waited = []
+    while len(api.calls) < 6:
+        calls = len(api.calls)
+        start = clock.now
+        while len(api.calls) == calls:
+            clock.now += 0.05
+            settle(engine)
+        waited.append(clock.now - start)
+    # retry-after: 0 five times: the waits still grow (0.75-1 s, 1.5-2 s, 3-4 s, ...).
+    assert all(w >= 0.7 for w in waited)
+    assert waited[-1] > 4 * waited[0] * 0.75
+    assert layout.input_file("session-1").exists()
+    engine.close()
