@@ -117,10 +117,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    except KeyboardInterrupt:
-        return 130
     except BrokenPipeError:
         return 1
+    except OSError as exc:
+        # A data_dir that is a file, a read-only file system, a full disk at start: one
+        # line naming the path, not a traceback.
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"relay: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 def _config(args: argparse.Namespace) -> Config:

@@ -7,6 +7,7 @@ what the promises in docs/architecture.md ask for.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 
@@ -79,6 +80,8 @@ def makedirs(path: Path, mode: int) -> None:
     """
     if path.is_dir():
         return
+    if path.exists() or path.is_symlink():
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     old = os.umask(0o777 & ~mode & 0o777)
     try:

@@ -215,3 +215,13 @@ def test_permission_denied_is_one_line_not_a_traceback(
     assert cli.main(["topic", "--config", str(config)]) == 1
     (line,) = capsys.readouterr().err.splitlines()
     assert "permission denied: /var/lib/relay/state/ntfy-topic" in line and "sudo" in line
+
+
+def test_a_data_dir_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"sessions: [s1]\ndata_dir: {tmp_path / 'a-file'}\nntfy: {{server: null}}\n")
+    for args in (["intake", "queue"], ["intake", "jc"], ["run"]):
+        done = run(*args, "--config", str(path), env={"ANTHROPIC_API_KEY": "k"})
+        assert done.returncode == 1, (args, done.stderr)
+        assert done.stderr == f"relay: not a directory: {tmp_path / 'a-file'}\n", args
