@@ -206,10 +206,11 @@ class Engine:
                 path,
                 f"{name}",
                 f"@{session}: unknown session (configured: {', '.join(self.config.sessions)})",
+                private=True,
             )
             return
         if not text.strip():
-            intake.reject(self.layout, path, name, f"@{session}: nothing to send")
+            intake.reject(self.layout, path, name, f"@{session}: nothing to send", private=True)
             return
         outbox.enqueue(self.layout, session, name, text)
         fsutil.unlink_durable(path)

@@ -13,11 +13,13 @@ the file in exactly one place; leftover claims are finished by the next run.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +47,7 @@ JC_CLAIM_PREFIX = f"{CLAIM_PREFIX}jc-"
 class IntakeResult:
     accepted: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
+    ran: bool = True  # False: another intake run held the lock, and this one did nothing
 
 
 def id_marker(layout: Layout, session: str, envelope_id: str) -> Path:
@@ -67,10 +70,40 @@ def _queue_entries(layout: Layout) -> list[tuple[int, str]]:
     return entries
 
 
-def drain_queue(config: Config, layout: Layout) -> IntakeResult:
-    """Validate every envelope in queue/, oldest by mtime first, until the queue is empty."""
+@contextlib.contextmanager
+def _one_at_a_time(lock: Path, wait: bool) -> Iterator[bool]:
+    """Yield True holding `lock`; False at once if `wait` is off and another run holds it.
+
+    A claim that no running intake is settling is a crash's leftover, which the next run
+    finishes. Two runs at once (a manual `relay intake queue` beside the units or
+    `relay run`) would each take the other's claims for leftovers: one at a time, then."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def drain_queue(config: Config, layout: Layout, *, wait: bool = True) -> IntakeResult:
+    """Validate every envelope in queue/, oldest by mtime first, until the queue is empty.
+
+    `wait`: off for the service's own loop, which must never block: if another intake run
+    is draining, it takes this turn's files as well."""
     layout.ensure_intake()
     result = IntakeResult()
+    with _one_at_a_time(layout.state / "intake-queue.lock", wait) as mine:
+        if mine:
+            _drain_queue_locked(config, layout, result)
+    result.ran = mine
+    return result
+
+
+def _drain_queue_locked(config: Config, layout: Layout, result: IntakeResult) -> None:
     _finish_stale_claims(config, layout, result)
     # Loop: envelopes that arrive while we work are taken in the same run.
     while entries := _queue_entries(layout):
@@ -81,7 +114,6 @@ def drain_queue(config: Config, layout: Layout) -> IntakeResult:
             except FileNotFoundError:
                 continue
             _settle(config, layout, claim, name, mtime, result)
-    return result
 
 
 MAX_RUN_S = 60.0
@@ -247,10 +279,18 @@ def reject(layout: Layout, source: Path, name: str, reason: str, *, private: boo
     return target
 
 
-def drain_operator(layout: Layout) -> IntakeResult:
+def drain_operator(layout: Layout, *, wait: bool = True) -> IntakeResult:
     """Move state/jc_input.txt into the inbox with priority. Always consumes the file."""
     layout.ensure_intake()
     result = IntakeResult()
+    with _one_at_a_time(layout.state / "intake-jc.lock", wait) as mine:
+        if mine:
+            _drain_operator_locked(layout, result)
+    result.ran = mine
+    return result
+
+
+def _drain_operator_locked(layout: Layout, result: IntakeResult) -> None:
     with os.scandir(layout.inbox) as it:
         stale = sorted(e.name for e in it if e.name.startswith(JC_CLAIM_PREFIX))
     for name in stale:
@@ -263,7 +303,6 @@ def drain_operator(layout: Layout) -> IntakeResult:
         except FileNotFoundError:
             break
         _settle_operator(layout, claim, result)
-    return result
 
 
 OPERATOR_MAX_BYTES = 1024 * 1024

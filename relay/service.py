@@ -34,6 +34,7 @@ from relay.topic import resolve_topic
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 5.0
+INTAKE_RETRY_S = 0.5
 
 
 def real_api(key: str, config: Config) -> MessagesApi:
@@ -120,9 +121,10 @@ class Service:
         last_status = ""
         try:
             while not self.stopping:
-                if self.with_intake:
-                    self._intake()
+                skipped = self.with_intake and not self._intake()
                 timeout = engine.tick()
+                if skipped:  # another intake run held the queue: look again shortly
+                    timeout = min(timeout, INTAKE_RETRY_S)
                 now = time.monotonic()
                 if interval is not None:
                     # From the main loop itself: a wedged loop stops the pings.
@@ -149,9 +151,12 @@ class Service:
             self.sd.close()
         return 0
 
-    def _intake(self) -> None:
-        intake.drain_operator(self.layout)
-        intake.drain_queue(self.config, self.layout)
+    def _intake(self) -> bool:
+        """Drain the queue and the operator's input; False if another intake run held
+        either. Never waits: the loop must keep pinging the watchdog."""
+        operator = intake.drain_operator(self.layout, wait=False)
+        queue = intake.drain_queue(self.config, self.layout, wait=False)
+        return operator.ran and queue.ran
 
 
 def install_signal_handlers(service: Service) -> None:

@@ -369,3 +369,19 @@ def test_a_server_asking_for_no_wait_does_not_make_relay_hammer_the_api(
     assert waited[-1] > 4 * waited[0] * 0.75
     assert layout.input_file("session-1").exists()
     engine.close()
+
+
+def test_a_refused_direct_message_stays_where_clients_cannot_read_it(
+    world: tuple[Config, Layout, FakeApi, Clock],
+) -> None:
+    _, layout, api, _ = world
+    engine = make(world)
+    name = f"{intake.OPERATOR_PREFIX}{5:020d}.txt"
+    (layout.inbox / name).write_text("@session-9: the password is hunter2")
+    settle(engine)
+    assert api.calls == []
+    assert not layout.rejected.exists() or list(layout.rejected.iterdir()) == []
+    kept = layout.operator_rejected / name
+    assert kept.read_text() == "@session-9: the password is hunter2"
+    assert "unknown session" in (layout.operator_rejected / f"{name}.reason").read_text()
+    engine.close()

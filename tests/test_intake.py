@@ -313,3 +313,33 @@ def test_operator_input_past_the_limit_is_refused_not_cut_short(
     layout.jc_input.write_bytes(just_fits)
     (name,) = intake.drain_operator(layout).accepted
     assert (layout.inbox / name).read_bytes() == just_fits
+
+
+def test_intake_runs_at_once_never_crash_each_other(tmp_path: Path) -> None:
+    """Four `relay intake queue` (as a person might run beside the units) on 200 envelopes:
+    every run exits 0 and every envelope is admitted exactly once."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"sessions: [session-1]\ndata_dir: {tmp_path / 'data'}\n")
+    layout = Layout(tmp_path / "data")
+    layout.ensure_intake()
+    for n in range(200):
+        (layout.queue / f".{n}.tmp").write_bytes(envelope(content=f"m{n}", id=f"id-{n}"))
+        os.rename(layout.queue / f".{n}.tmp", layout.queue / f"{n:03d}.json")
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "relay", "intake", "queue", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outcomes = [(run.wait(60), run.stderr.read() if run.stderr else "") for run in runs]
+    assert all(code == 0 for code, _ in outcomes), outcomes
+    admitted = sorted(json.loads((layout.inbox / n).read_text())["content"] for n in inbox(layout))
+    assert admitted == sorted(f"m{n}" for n in range(200))
+    assert not layout.rejected.exists() or list(layout.rejected.iterdir()) == []
+    assert [n for n in os.listdir(layout.queue) if not n.startswith(".")] == []
