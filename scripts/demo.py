@@ -134,7 +134,7 @@ def claude_code_worker(demo: Demo, work: Path) -> None:
     """`relay cc worker` with the pinned Claude Code (scripts/setup installs it), offline:
     its model is a stand-in too. Two rounds, then chat-Claude's [RELAY-STOP] ends it."""
     sys.path.insert(0, str(ROOT))
-    from tests.claudecode import cc_env, claude_binary, is_side_request, seed_home
+    from tests.claudecode import cc_env, claude_binary, is_side_request, relay_cli, seed_home
     from tests.standin.api import Reply, StandinAPI
 
     turns = iter(CC_TURNS)
@@ -152,15 +152,7 @@ def claude_code_worker(demo: Demo, work: Path) -> None:
         task = "Add fuzz tests for the parser's error paths."
         show("   $ relay cc worker --session session-1 --task", repr(task))
         command = ["--config", str(demo.config), "cc", "worker", "--session", "session-1"]
-        worker = subprocess.run(
-            [PY, "-m", "relay", *command, "--task", task],
-            env=env,
-            cwd=work,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            stdin=subprocess.DEVNULL,
-        )
+        worker = relay_cli(env, *command, "--task", task, cwd=work)
         for line in worker.stderr.splitlines():
             print(f"   | {line}")
         if worker.returncode != 0:
