@@ -41,6 +41,19 @@ def check_session(config: Config, session: str) -> None:
         )
 
 
+def check_connected(config: Config, session: str) -> None:
+    """What a Claude Code session bound to `session` needs: to submit into queue/, and to
+    read, claim and delete its replies in dispatch/<session>/."""
+    layout = Layout(config.data_dir)
+    check_dir(layout.queue, "submit")
+    directory = layout.session_dir(session)
+    if not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
+        raise RelayError(
+            f"cannot use {directory}: only members of the relay-clients group may receive "
+            f"replies for {session} (has relay run with this configuration?)"
+        )
+
+
 def submit(config: Config, session: str, content: str, envelope_id: str | None = None) -> Path:
     """Queue `content` from `session`; return the queue file. RelayError says why not."""
     check_session(config, session)

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -303,12 +302,3 @@ def tree_snapshot(*roots: Path) -> dict[str, tuple[str, int, bytes | str | None]
                 else:
                     shot[path] = ("file", st.st_mode, Path(path).read_bytes())
     return shot
-
-
-def iter_lines(path: Path) -> Iterator[str]:
-    if path.exists():
-        yield from path.read_text(errors="replace").splitlines()
-
-
-def wait_gone(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    wait_for(lambda: not predicate(), timeout, what)

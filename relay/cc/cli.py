@@ -8,11 +8,12 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay.errors import RelayError, UsageError
 
-COMMANDS = ("install", "uninstall", "status", "run", "worker", "hook")
+if TYPE_CHECKING:
+    from relay.config import Config
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -108,20 +109,13 @@ def _require_claude(environ: Mapping[str, str]) -> str:
     return claude
 
 
-def _bound_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
-    from relay.client import check_dir, check_session
+def _bound_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
+    from relay.client import check_connected, check_session
     from relay.config import load_config
-    from relay.layout import Layout
 
     config = load_config(_config_file(args, environ))
     check_session(config, args.session)
-    layout = Layout(config.data_dir)
-    check_dir(layout.queue, "submit")
-    if not os.access(layout.session_dir(args.session), os.R_OK | os.W_OK | os.X_OK):
-        raise RelayError(
-            f"cannot use {layout.session_dir(args.session)}: only members of the "
-            "relay-clients group may receive replies (has relay run with this config?)"
-        )
+    check_connected(config, args.session)
     return config
 
 
@@ -133,7 +127,7 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     env = {k: v for k, v in environ.items() if k not in ("CLAUDECODE", identity.WORKER_ENV)}
     env[identity.SESSION_ENV] = args.session
     env[identity.PID_ENV] = str(os.getpid())  # execve keeps it: claude will be this PID
-    env["RELAY_CONFIG"] = str(config.source.resolve())
+    env["RELAY_CONFIG"] = str((config.source or _config_file(args, environ)).resolve())
     argv = [claude, *_claude_args(args)]
     project = Path.cwd()
     if not hooks_present(environ, project):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Mapping
@@ -187,12 +186,7 @@ def _session_start(
     cc_session: str | None,
     cwd: str,
 ) -> Outcome:
-    client.check_dir(Layout(config.data_dir).queue, "submit")
-    if not os.access(mailbox.directory, os.R_OK | os.W_OK | os.X_OK):
-        raise RelayError(
-            f"cannot use {mailbox.directory}: replies for {binding.session} cannot be "
-            "received (only members of the relay-clients group may)"
-        )
+    client.check_connected(config, binding.session)
     others = [a for a in mailbox.attached() if owner is None or a.owner != owner]
     if owner is not None:
         mailbox.attach(owner, cc_session, "interactive", cwd)

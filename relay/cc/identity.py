@@ -29,7 +29,6 @@ PID_ENV = "RELAY_CC_PID"  # set by `relay cc run`: the PID claude will have
 class Binding:
     session: str
     config: Path
-    source: str  # where the session came from, for messages and `relay cc status`
 
 
 def binding_file(project: Path) -> Path:
@@ -68,13 +67,13 @@ def resolve(
     if session and launched and (claude is None or str(claude.pid) != launched):
         session = ""
     if session:
-        return Binding(session, config_path(None, environ), SESSION_ENV)
+        return Binding(session, config_path(None, environ))
     path = binding_file(project_dir(environ, cwd))
     if not path.exists():
         return None
     raw = read_binding_file(path)
     configured = environ.get("RELAY_CONFIG") or raw.get("config")
-    return Binding(raw["session"], config_path(configured, {}), str(path))
+    return Binding(raw["session"], config_path(configured, {}))
 
 
 # --- processes ------------------------------------------------------------------------------
