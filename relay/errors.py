@@ -26,6 +26,17 @@ class ConfigError(UsageError):
         super().__init__(f"{source}: " + "; ".join(problems))
 
 
+class StateError(RelayError):
+    """State relay cannot read safely (a damaged history record that is not a torn last
+    line, a state file that is not a regular file): exit code 3.
+
+    Restarting cannot fix it, so the unit does not restart on it (RestartPreventExitStatus=3)
+    and the operator is alerted; the message says what to do.
+    """
+
+    exit_code = 3
+
+
 class ApiError(RelayError):
     """A failed call to the Messages API, translated at the SDK boundary.
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from relay import fsutil
-from relay.errors import RelayError
+from relay.errors import StateError
 from relay.layout import PRIVATE_FILE_MODE
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def load(path: Path) -> list[Record]:
                 raise ValueError("not an object")
         except ValueError as exc:
             if end < len(data):
-                raise RelayError(
+                raise StateError(
                     f"{path}: record at byte {offset} is damaged ({exc}); "
                     "restore it from state/archive/ or remove the line"
                 ) from exc
