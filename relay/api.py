@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -14,6 +15,18 @@ from relay.errors import ApiError
 from relay.prices import Usage
 
 CREDIT_TEXT = "credit balance is too low"
+# "You have reached your specified workspace API usage limits. You will regain access on
+# 2025-06-01 at 00:00 UTC." (a 400, like the credit one)
+WORKSPACE_LIMIT_TEXT = "api usage limits"
+_REGAIN_RE = re.compile(r"regain access on (.+?)\.?\s*$", re.IGNORECASE)
+# "prompt is too long: 210883 tokens > 200000 maximum", and the older "input length and
+# `max_tokens` exceed context limit: ..."
+_OVERFLOW_RE = re.compile(r"prompt is too long|exceed context limit|context window", re.I)
+# A refusal naming one of relay's own settings ("model: claude-x", "max_tokens: 200000 >
+# 128000, which is the maximum ..."), after the error type the text starts with.
+_FIELD_RE = re.compile(r"(?:^|_error: )(model|max_tokens):")
+# Refusals of one request: its content or size. 401-403 and credit are the account's.
+PER_ITEM_STATUSES = frozenset({400, 404, 413})
 MAX_RETRY_AFTER_S = 3600.0
 
 
@@ -39,14 +52,26 @@ class MessagesApi(Protocol):
 
 class AnthropicApi:
     """The real SDK. We own retries (max_retries=0): a server `retry-after` of an hour
-    must not block the service's loop, and our backoff keeps the watchdog fed."""
+    must not block the service's loop, and our backoff keeps the watchdog fed.
+
+    `timeout_s` is the whole call's deadline, not only each read's: a server that keeps
+    sending a byte now and then must not hold the one worker thread for ever
+    (`relay/deadline.py`)."""
 
     def __init__(self, api_key: str, base_url: str | None, timeout_s: float) -> None:
         import anthropic
 
+        from relay import deadline
+
         self._anthropic = anthropic
+        self._timeout_s = timeout_s
+        self._deadline = deadline.Deadline()
         self._client = anthropic.Anthropic(
-            api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout_s,
+            max_retries=0,
+            http_client=anthropic.DefaultHttpxClient(transport=deadline.transport(self._deadline)),
         )
 
     def create(
@@ -59,12 +84,13 @@ class AnthropicApi:
     ) -> ApiReply:
         anthropic = self._anthropic
         try:
-            message = self._client.messages.create(
-                model=model,
-                max_tokens=max_tokens,
-                system=system,  # type: ignore[arg-type]
-                messages=messages,  # type: ignore[arg-type]
-            )
+            with self._deadline.within(self._timeout_s):
+                message = self._client.messages.create(
+                    model=model,
+                    max_tokens=max_tokens,
+                    system=system,  # type: ignore[arg-type]
+                    messages=messages,  # type: ignore[arg-type]
+                )
         except anthropic.APIStatusError as exc:
             raise translate_status(
                 exc.status_code,
@@ -73,7 +99,10 @@ class AnthropicApi:
                 getattr(exc, "request_id", None),
             ) from exc
         except anthropic.APITimeoutError as exc:
-            raise ApiError("the API call timed out", transient=True) from exc
+            raise ApiError(
+                f"the API call timed out (no whole answer within {self._timeout_s:g} s)",
+                transient=True,
+            ) from exc
         except anthropic.APIConnectionError as exc:
             raise ApiError(f"cannot reach the API: {exc}", transient=True) from exc
         except anthropic.AnthropicError as exc:
@@ -103,27 +132,68 @@ def _error_text(exc: Any) -> str:
 def translate_status(
     status: int, text: str, headers: Any, request_id: str | None = None
 ) -> ApiError:
-    """Given an HTTP error from the API, return the ApiError that says what to do about it."""
+    """Given an HTTP error from the API, return the ApiError that says what to do about it:
+    retry later (transient), set this one request aside (per_item), or wait for the
+    operator (blocked; see ApiError)."""
     suffix = f" (request {request_id})" if request_id else ""
-    if status == 400 and CREDIT_TEXT in text.lower():
+    lower = text.lower()
+    if status == 400 and CREDIT_TEXT in lower:
         return ApiError(
-            f"credit balance too low: add credits, then relay resumes{suffix}", transient=False
+            f"credit balance too low: add credits, then relay resumes{suffix}",
+            transient=False,
+            status=status,
+        )
+    if status == 400 and WORKSPACE_LIMIT_TEXT in lower:
+        # A spend limit set in the Console: nothing goes through until the date it names.
+        when = _REGAIN_RE.search(text)
+        until = f" until {when.group(1).strip()}" if when else ""
+        return ApiError(
+            f"the workspace's API usage limit is reached: no calls{until} "
+            f"(raise the limit in the Console to resume sooner){suffix}",
+            transient=False,
+            status=status,
         )
     if status == 401:
-        return ApiError(f"the API key was rejected (401){suffix}", transient=False)
+        return ApiError(f"the API key was rejected (401){suffix}", transient=False, status=status)
     if status == 402:
-        return ApiError(f"billing problem (402): {text}{suffix}", transient=False)
+        return ApiError(f"billing problem (402): {text}{suffix}", transient=False, status=status)
     if status == 403:
-        return ApiError(f"permission denied (403): {text}{suffix}", transient=False)
+        return ApiError(f"permission denied (403): {text}{suffix}", transient=False, status=status)
     retryable = status in (408, 409, 429) or status >= 500
     should_retry = _header(headers, "x-should-retry")
     if should_retry in ("true", "false"):
         retryable = should_retry == "true"
-    return ApiError(
-        f"HTTP {status}: {text}{suffix}",
-        transient=retryable,
-        retry_after=retry_after(headers) if retryable else None,
-    )
+    message = f"HTTP {status}: {text}{suffix}"
+    if retryable:
+        return ApiError(message, transient=True, retry_after=retry_after(headers), status=status)
+    if status in PER_ITEM_STATUSES:
+        setting = _config_setting(status, text)
+        if setting is not None:
+            # It names relay's configuration, not this item's content: every request would
+            # get the same answer, so setting items aside one by one would discard them all.
+            return ApiError(
+                f"{message}: every call would get this; check {setting} in the config",
+                transient=False,
+                status=status,
+            )
+        return ApiError(
+            message,
+            transient=False,
+            status=status,
+            per_item=True,
+            context_overflow=status == 400 and _OVERFLOW_RE.search(text) is not None,
+        )
+    return ApiError(message, transient=False, status=status)
+
+
+def _config_setting(status: int, text: str) -> str | None:
+    """The config key a refusal is about, if it is about one rather than the request."""
+    field = _FIELD_RE.search(text)
+    if field is not None:
+        return field.group(1)
+    if status == 404 and ("model" in text.lower() or "not available" in text.lower()):
+        return "model"  # the real API's 404 for a model it does not offer
+    return None
 
 
 def _header(headers: Any, name: str) -> str | None:

@@ -40,11 +40,43 @@ class StateError(RelayError):
 class ApiError(RelayError):
     """A failed call to the Messages API, translated at the SDK boundary.
 
-    `transient` errors (rate limits, overload, 5xx, network) are retried with backoff;
-    the others (bad key, no credit, bad request) block processing until fixed.
+    Three kinds, because each asks for something different:
+
+    - `transient` (rate limits, overload, 5xx, network, time-outs): retry the same request
+      later, honouring `retry_after`.
+    - `per_item`: the API refused this request itself (400 invalid_request_error, 404, 413):
+      sending it again unchanged gets the same answer, but other items may well go through,
+      so only this one should be set aside. `context_overflow` is the per-item refusal
+      that a shorter history can fix (the prompt does not fit the context window), so
+      summarizing first is worth a try.
+    - `blocked` (neither): nothing can go through until the operator acts (bad key, no
+      credit, billing, permission, the workspace's usage limit, a model the API does not
+      know); retrying other items would fail the same way.
+
+    `status` is the HTTP status, or None when no answer came (network, time-out).
     """
 
-    def __init__(self, message: str, *, transient: bool, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        transient: bool,
+        retry_after: float | None = None,
+        status: int | None = None,
+        per_item: bool = False,
+        context_overflow: bool = False,
+    ) -> None:
         super().__init__(message)
+        per_item = per_item or context_overflow
+        if transient and per_item:
+            raise ValueError("an API error is either transient or a per-item refusal")
         self.transient = transient
         self.retry_after = retry_after
+        self.status = status
+        self.per_item = per_item
+        self.context_overflow = context_overflow
+
+    @property
+    def blocked(self) -> bool:
+        """Nothing can be sent until the operator fixes something."""
+        return not self.transient and not self.per_item

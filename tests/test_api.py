@@ -21,9 +21,12 @@ from tests.standin.api import (
     Fail,
     Reply,
     StandinAPI,
+    Trickle,
     credit_balance_too_low,
     overloaded,
+    prompt_too_long,
     rate_limited,
+    workspace_limit_reached,
 )
 
 MODEL = "claude-opus-4-7"
@@ -53,13 +56,52 @@ def test_credit_balance_400_is_not_transient() -> None:
     assert error.retry_after is None
     assert "credit balance" in error.message
     assert "(request req_1)" in error.message
+    # No credit concerns every request, not this one: block, don't set the item aside.
+    assert error.blocked is True
+    assert error.per_item is False
+    assert error.status == 400
 
 
-def test_other_400_is_not_transient_and_keeps_the_text() -> None:
+def test_other_400_is_a_refusal_of_this_request_only() -> None:
     error = translate_status(400, "invalid_request_error: messages: bad", {"retry-after": "5"})
     assert error.transient is False
     assert error.retry_after is None
     assert error.message == "HTTP 400: invalid_request_error: messages: bad"
+    assert error.per_item is True
+    assert error.blocked is False
+    assert error.context_overflow is False
+    assert error.status == 400
+
+
+def test_workspace_usage_limit_blocks_and_names_the_date() -> None:
+    text = (
+        "invalid_request_error: You have reached your specified workspace API usage limits. "
+        "You will regain access on 2025-06-01 at 00:00 UTC."
+    )
+    error = translate_status(400, text, {}, "req_2")
+    assert error.blocked is True
+    assert error.per_item is False
+    assert error.status == 400
+    assert "until 2025-06-01 at 00:00 UTC" in error.message
+    assert "Console" in error.message
+    assert "(request req_2)" in error.message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "invalid_request_error: prompt is too long: 210883 tokens > 200000 maximum",
+        "invalid_request_error: input length and `max_tokens` exceed context limit: "
+        "197202 + 21333 > 200000, decrease input length or `max_tokens` and try again",
+    ],
+)
+def test_context_overflow_is_a_per_item_refusal_of_its_own(text: str) -> None:
+    error = translate_status(400, text, {})
+    assert error.context_overflow is True
+    assert error.per_item is True
+    assert error.blocked is False
+    assert error.transient is False
+    assert error.message == f"HTTP 400: {text}"
 
 
 @pytest.mark.parametrize(("status", "word"), [(401, "key"), (402, "billing"), (403, "permission")])
@@ -67,6 +109,8 @@ def test_auth_and_billing_errors_are_not_transient(status: int, word: str) -> No
     error = translate_status(status, "some text", {"x-should-retry": "true"})
     # x-should-retry does not make a rejected key worth hammering.
     assert error.transient is False
+    assert error.blocked is True
+    assert error.status == status
     assert word in error.message
     assert str(status) in error.message
 
@@ -75,12 +119,56 @@ def test_auth_and_billing_errors_are_not_transient(status: int, word: str) -> No
 def test_retryable_statuses_are_transient(status: int) -> None:
     error = translate_status(status, "text", {})
     assert error.transient is True
+    assert error.per_item is False
+    assert error.status == status
     assert error.message.startswith(f"HTTP {status}: text")
 
 
-@pytest.mark.parametrize("status", [404, 413, 422])
-def test_other_client_errors_are_not_transient(status: int) -> None:
-    assert translate_status(status, "text", {}).transient is False
+@pytest.mark.parametrize(
+    ("status", "text"),
+    [
+        (404, "not_found_error: Not found"),
+        (413, "request_too_large: Request exceeds the maximum allowed number of bytes."),
+    ],
+)
+def test_not_found_and_too_large_refuse_this_request_only(status: int, text: str) -> None:
+    error = translate_status(status, text, {})
+    assert (error.transient, error.per_item, error.context_overflow) == (False, True, False)
+    assert error.status == status
+
+
+@pytest.mark.parametrize(
+    ("status", "text", "setting"),
+    [
+        (404, "not_found_error: model: claude-opus-9", "model"),
+        (404, "not_found_error: Claude Fable 5 is not available. Please use Opus 4.8.", "model"),
+        (
+            400,
+            "invalid_request_error: max_tokens: 200000 > 128000, which is the maximum "
+            "allowed number of output tokens for claude-opus-4-7",
+            "max_tokens",
+        ),
+    ],
+)
+def test_refusals_naming_the_config_block_instead(status: int, text: str, setting: str) -> None:
+    # Every request would get these: setting items aside one by one would discard them all.
+    error = translate_status(status, text, {})
+    assert error.blocked is True
+    assert error.per_item is False
+    assert f"check {setting} in the config" in error.message
+
+
+def test_unlisted_client_errors_block() -> None:
+    error = translate_status(422, "text", {})
+    assert (error.transient, error.per_item, error.blocked) == (False, False, True)
+
+
+def test_an_error_is_not_both_transient_and_per_item() -> None:
+    with pytest.raises(ValueError):
+        ApiError("x", transient=True, per_item=True)
+    assert ApiError("x", transient=False, context_overflow=True).per_item is True
+    plain = ApiError("x", transient=True)
+    assert (plain.status, plain.per_item, plain.context_overflow) == (None, False, False)
 
 
 def test_x_should_retry_overrides_both_ways() -> None:
@@ -88,6 +176,7 @@ def test_x_should_retry_overrides_both_ways() -> None:
     assert translate_status(529, "t", {"x-should-retry": " FALSE "}).transient is False
     assert translate_status(400, "t", {"x-should-retry": "true"}).transient is True
     assert translate_status(404, "t", {"x-should-retry": "true"}).transient is True
+    assert translate_status(400, "t", {"x-should-retry": "true"}).per_item is False
     # Anything but true/false is ignored.
     assert translate_status(500, "t", {"x-should-retry": "maybe"}).transient is True
     assert translate_status(400, "t", {"x-should-retry": "maybe"}).transient is False
@@ -272,6 +361,57 @@ def test_credit_balance_is_not_transient(api: StandinAPI, client: AnthropicApi) 
     assert "credit balance" in caught.value.message
 
 
+def test_workspace_limit_from_the_server_blocks(api: StandinAPI, client: AnthropicApi) -> None:
+    api.script(workspace_limit_reached("2026-12-01 at 00:00 UTC"))
+    with pytest.raises(ApiError) as caught:
+        ask(client)
+    assert caught.value.blocked is True
+    assert "until 2026-12-01 at 00:00 UTC" in caught.value.message
+
+
+def test_prompt_too_long_from_the_server_is_a_context_overflow(
+    api: StandinAPI, client: AnthropicApi
+) -> None:
+    api.context_window = 10
+    with pytest.raises(ApiError) as caught:
+        ask(client, "a long question " * 10)
+    assert caught.value.context_overflow is True
+    assert caught.value.per_item is True
+    assert caught.value.status == 400
+    assert "prompt is too long: " in caught.value.message
+    api.context_window = None
+    assert ask(client).text == "ack: hello"
+
+
+@pytest.mark.parametrize(
+    ("action", "status"),
+    [
+        (Fail(400, message="messages.0.content.0: unsupported"), 400),
+        (Fail(404), 404),
+        (prompt_too_long(300_000, 200_000), 400),
+    ],
+    ids=["400", "404", "too-long"],
+)
+def test_refusals_of_one_request_from_the_server(
+    api: StandinAPI, client: AnthropicApi, action: Fail, status: int
+) -> None:
+    api.script(action)
+    with pytest.raises(ApiError) as caught:
+        ask(client)
+    assert caught.value.per_item is True
+    assert caught.value.status == status
+    assert "(request req_" in caught.value.message
+
+
+def test_too_large_a_request_is_refused_by_size(api: StandinAPI, client: AnthropicApi) -> None:
+    api.max_request_bytes = 1000
+    with pytest.raises(ApiError) as caught:
+        ask(client, "x" * 2000)
+    assert caught.value.status == 413
+    assert caught.value.per_item is True
+    assert "request_too_large" in caught.value.message
+
+
 def test_wrong_key_is_not_transient(make_api: MakeApi) -> None:
     with StandinAPI(api_key="right") as server:
         client = make_api(server.url, api_key="wrong")
@@ -308,7 +448,35 @@ def test_timeout_is_transient(api: StandinAPI, make_api: MakeApi) -> None:
         ask(client)
 
     assert caught.value.transient is True
-    assert caught.value.message == "the API call timed out"
+    assert caught.value.status is None
+    assert caught.value.message == "the API call timed out (no whole answer within 0.3 s)"
+
+
+def test_a_trickling_server_times_out_at_the_total_deadline(
+    api: StandinAPI, make_api: MakeApi
+) -> None:
+    # Headers at once, then a byte every 0.1 s: no single read ever waits 1 s, so a per-read
+    # time-out alone would wait for the whole body (~2 minutes at this pace).
+    api.script(Trickle(0.1, Reply("x" * 1000)))
+    client = make_api(api.url, timeout_s=1.0)
+    outcome: list[BaseException | ApiReply] = []
+
+    def call() -> None:
+        try:
+            outcome.append(ask(client))
+        except BaseException as exc:  # handed to the test thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    worker.join(timeout=10.0)  # 10x the deadline; the fixture's stop() ends a stuck call
+    assert not worker.is_alive(), "the call outlived 10x its deadline"
+    (error,) = outcome
+    assert isinstance(error, ApiError)
+    assert error.transient is True
+    assert error.message == "the API call timed out (no whole answer within 1 s)"
+    # The call's deadline was its own: the next call gets the whole time again.
+    assert ask(client).text == "ack: hello"
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from http.client import HTTPConnection, HTTPResponse, IncompleteRead
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from tests.standin.api import (
     Fail,
     Reply,
     StandinAPI,
+    Trickle,
     credit_balance_too_low,
     overloaded,
 )
@@ -163,8 +165,6 @@ def test_automatic_caching_and_changed_prefix(api: StandinAPI, client: anthropic
     assert second.cache_read_input_tokens == first.cache_creation_input_tokens
     # A different system prompt changes the whole prefix: nothing to read.
     assert call("system B", "one", "two", "three").cache_read_input_tokens == 0
-    api.min_cacheable_tokens = 10_000  # below the minimum: silently not cached
-    assert call("system C", "one").cache_creation_input_tokens == 0
 
 
 def test_cache_lookback_is_twenty_blocks(client: anthropic.Anthropic) -> None:
@@ -180,13 +180,11 @@ def test_cache_lookback_is_twenty_blocks(client: anthropic.Anthropic) -> None:
     assert call(42).cache_read_input_tokens == 0  # like the real API: misses silently
 
 
-def test_count_tokens_and_model_info(client: anthropic.Anthropic) -> None:
-    counted = client.messages.count_tokens(
-        model=MODEL, system="sys", messages=[{"role": "user", "content": "12345678"}]
-    )
-    assert counted.input_tokens == tokens("sys") + tokens("12345678")
-    info = client.models.retrieve(MODEL)
-    assert info.id == MODEL and info.max_tokens
+def test_only_what_relay_and_claude_code_use_is_served(client: anthropic.Anthropic) -> None:
+    # Neither calls count_tokens nor the models API; the real API's 404 shape for anything else.
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        client.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": "x"}])
+    assert caught.value.type == "not_found_error"
 
 
 def test_max_tokens_truncates(client: anthropic.Anthropic) -> None:
@@ -213,6 +211,88 @@ def test_error_directive(client: anthropic.Anthropic) -> None:
         ask(client, "[[error: 529 overloaded_error]]")
     with pytest.raises(anthropic.BadRequestError, match="credit balance"):
         ask(client, "[[error: credit]]")
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        ask(client, "[[error: workspace]]")
+    assert caught.value.api_message is not None
+    assert caught.value.api_message.startswith(
+        "You have reached your specified workspace API usage limits. You will regain access on "
+    )
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        ask(client, "[[error: 404]]")
+    assert missing.value.type == "not_found_error"
+    with pytest.raises(anthropic.BadRequestError) as too_long:
+        ask(client, "[[error: 400 invalid_request_error prompt is too long: 9 tokens > 8 maximum]]")
+    assert too_long.value.api_message == "prompt is too long: 9 tokens > 8 maximum"
+
+
+def test_context_window_refuses_a_prompt_too_long(
+    api: StandinAPI, client: anthropic.Anthropic
+) -> None:
+    api.context_window = 5
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        ask(client, "x" * 40)
+    assert caught.value.type == "invalid_request_error"
+    assert caught.value.api_message == "prompt is too long: 10 tokens > 5 maximum"
+    assert api.pending_script() == 0
+    assert ask(client, "x" * 20).content[0].type == "text"  # 5 tokens: fits
+
+
+def test_too_large_a_body_is_413(api: StandinAPI, client: anthropic.Anthropic) -> None:
+    api.max_request_bytes = 100
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        ask(client, "x" * 200)
+    assert caught.value.status_code == 413
+    assert isinstance(caught.value.body, dict)
+    assert caught.value.body["error"]["type"] == "request_too_large"
+    assert caught.value.api_message == "Request exceeds the maximum allowed number of bytes."
+
+
+def _post_raw(api: StandinAPI, text: str) -> tuple[HTTPConnection, HTTPResponse]:
+    body = {"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": text}]}
+    connection = HTTPConnection(api.url.removeprefix("http://"), timeout=5)
+    headers = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
+    connection.request("POST", "/v1/messages", json.dumps(body), headers)
+    return connection, connection.getresponse()
+
+
+def test_trickle_sends_the_headers_then_one_byte(api: StandinAPI) -> None:
+    api.script(Trickle(60, Reply("slowly")))  # the next byte would come in a minute
+    connection, response = _post_raw(api, "hi")
+    try:
+        assert response.status == 200  # the headers came at once
+        assert int(response.headers["Content-Length"]) > 1
+        assert response.read1(100) == b"{"
+    finally:
+        connection.close()  # the fixture's stop() wakes the trickle
+
+
+def test_trickle_directive_sends_all_of_it_in_the_end(api: StandinAPI) -> None:
+    connection, response = _post_raw(api, "[[trickle: 0.001]] [[reply: slowly]]")
+    try:
+        assert json.loads(response.read())["content"][0]["text"] == "slowly"
+    finally:
+        connection.close()
+
+
+def test_trickle_ends_when_the_server_stops() -> None:
+    server = StandinAPI().start()
+    server.script(Trickle(0.05))
+    connection = HTTPConnection(server.url.removeprefix("http://"), timeout=5)
+    try:
+        body = json.dumps(
+            {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+        )
+        connection.request(
+            "POST", "/v1/messages", body, {"x-api-key": "k", "anthropic-version": "v"}
+        )
+        response = connection.getresponse()
+        assert response.read(1) == b"{"
+        server.stop()  # wakes the trickle and closes its connection
+        with pytest.raises((IncompleteRead, OSError)):
+            response.read()
+    finally:
+        connection.close()
+        server.stop()
 
 
 def test_scripted_rate_limit_carries_retry_after(
@@ -325,7 +405,7 @@ def test_concurrent_calls_on_pooled_connections(
     for t in threads:
         t.join(timeout=5)
     assert sorted(results) == sorted(f"ack: n{i}" for i in range(20))
-    assert len(api.wait_for_calls(20)) == 20
+    assert [c.status for c in api.message_calls()] == [200] * 20
 
 
 def test_stop_closes_kept_alive_connections(client: anthropic.Anthropic) -> None:

@@ -7,19 +7,22 @@ simulated prompt caching, error bodies, `request-id`, rate-limit and `retry-afte
 stdlib only, on purpose: it also runs as a script under a bare `/usr/bin/python3` (in a container,
 for system tests and demos):
 
-    python3 tests/standin/api.py --host 127.0.0.1 --port 0 [--port-file F] [--api-key K]
+    python3 tests/standin/api.py --port 0 [--port-file F] [--api-key K]
 
 prints `http://127.0.0.1:PORT` once listening and serves until SIGTERM/SIGINT. Other processes
 steer it through `POST /_script`, `GET /_requests` and `POST /_reset`.
 
-Choosing the answer to `POST /v1/messages` (first match wins):
+It serves what relay and Claude Code use: `POST /v1/messages` (plain JSON, or SSE for
+`"stream": true`) and `HEAD /`. Choosing the answer (first match wins):
   1. the script queue (`script(...)` or `POST /_script`), one action per request;
   2. the `responder` callable, when it returns an action;
-  3. directives in the last user message (the last one wins): `[[delay: S]]`,
-     `[[error: STATUS [TYPE [MESSAGE]]]]` (or `[[error: credit]]`), `[[reply: TEXT]]`,
-     `[[tool: NAME {JSON input}]]` (a tool_use);
+  3. directives in the last user message: `[[error: STATUS [TYPE [MESSAGE]]]]` (or
+     `[[error: credit]]`, `[[error: workspace]]`), `[[reply: TEXT]]`, `[[tool: NAME {JSON
+     input}]]` (a tool_use) — the last one wins — plus `[[delay: S]]` (answer S seconds late)
+     and `[[trickle: S]]` (headers at once, then the body one byte every S seconds);
   4. `"ack: "` + the first 80 characters of the last user message, whitespace collapsed.
-Auth and body validation happen before any of these, so a malformed request consumes nothing.
+Auth, size and body validation happen before any of these (so a malformed request consumes
+nothing), and so does the context window (`context_window`: "prompt is too long").
 """
 
 from __future__ import annotations
@@ -53,6 +56,12 @@ CREDIT_BALANCE_MESSAGE = (
     "Your credit balance is too low to access the Anthropic API. "
     "Please go to Plans & Billing to upgrade or purchase credits."
 )
+# The Console's workspace spend limit: a plain 400 naming the date access returns.
+WORKSPACE_LIMIT_MESSAGE = (
+    "You have reached your specified workspace API usage limits. You will regain access on {until}."
+)
+# The real Messages API refuses bodies over 32 MB with 413 (docs: api/errors).
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
 
 # Error type the real API uses for each status (platform.claude.com/docs/en/api/errors).
 ERROR_TYPES: dict[int, str] = {
@@ -74,6 +83,7 @@ _DEFAULT_MESSAGES: dict[str, str] = {
     "billing_error": "There is an issue with your billing information.",
     "permission_error": "Your API key does not have permission to use the specified resource.",
     "not_found_error": "Not found",
+    "request_too_large": "Request exceeds the maximum allowed number of bytes.",
     "rate_limit_error": "This request would exceed your organization's rate limit. "
     "Please try again later.",
     "api_error": "Internal server error",
@@ -110,26 +120,11 @@ _MESSAGES_FIELDS = frozenset(
         "safeguards",  # sent by Claude Code 2.1.332 in auto permission mode
     ]
 )
-_COUNT_FIELDS = frozenset(
-    [
-        "model",
-        "messages",
-        "system",
-        "cache_control",
-        "output_config",
-        "output_format",
-        "speed",
-        "thinking",
-        "tool_choice",
-        "tools",
-        "context_management",
-    ]
-)
-
 _REPLY_RE = re.compile(r"\[\[reply: ?(.*?)\]\]", re.DOTALL)
 _TOOL_RE = re.compile(r"\[\[tool:\s*(\w+)\s+(\{.*?\})\]\]", re.DOTALL)
 _ERROR_RE = re.compile(r"\[\[error:\s*(.*?)\]\]", re.DOTALL)
 _DELAY_RE = re.compile(r"\[\[delay:\s*([0-9]*\.?[0-9]+)\s*\]\]")
+_TRICKLE_RE = re.compile(r"\[\[trickle:\s*([0-9]*\.?[0-9]+)\s*\]\]")
 
 
 # --- actions -------------------------------------------------------------------------------
@@ -166,11 +161,21 @@ class Delay:
 
 
 @dataclass(frozen=True)
+class Trickle:
+    """Answer `then` (None: as if this entry were not there), but send only the status line
+    and headers at once, then the body one byte every `interval` seconds, until it is done,
+    the client goes away or the server stops: never silent for long, and never finished."""
+
+    interval: float
+    then: Action | None = None
+
+
+@dataclass(frozen=True)
 class Drop:
     """Close the connection without answering (the SDK raises APIConnectionError)."""
 
 
-Action: TypeAlias = Reply | Fail | Delay | Drop
+Action: TypeAlias = Reply | Fail | Delay | Trickle | Drop
 Responder: TypeAlias = Callable[[dict[str, Any]], Action | None]
 
 
@@ -192,6 +197,18 @@ def credit_balance_too_low() -> Fail:
     return Fail(400, "invalid_request_error", CREDIT_BALANCE_MESSAGE)
 
 
+def workspace_limit_reached(until: str = "2026-12-01 at 00:00 UTC") -> Fail:
+    """The Console's workspace spend limit: a plain 400 like the credit one, naming a date."""
+    return Fail(400, "invalid_request_error", WORKSPACE_LIMIT_MESSAGE.format(until=until))
+
+
+def prompt_too_long(tokens: int, maximum: int) -> Fail:
+    """What the real API answers when the prompt does not fit the model's context window."""
+    return Fail(
+        400, "invalid_request_error", f"prompt is too long: {tokens} tokens > {maximum} maximum"
+    )
+
+
 def overloaded(retry_after: float | None = None) -> Fail:
     return Fail(529, "overloaded_error", retry_after=retry_after)
 
@@ -201,23 +218,14 @@ def rate_limited(retry_after: float | None = None) -> Fail:
 
 
 def action_from_json(item: Any) -> Action:
-    """Decode one `POST /_script` entry, e.g. `{"reply": "x"}`, `{"drop": true}`,
-    `{"delay": 1.5, "reply": "x"}`, `{"fail": "credit_balance"}`,
-    `{"fail": {"status": 529, "type": "overloaded_error", "message": "...",
-    "headers": {"retry-after": "0.1"}, "error_code": "...", "retry_after": 0.1}}`."""
+    """Decode one `POST /_script` entry: `{"reply": "text"}` or `{"fail": {"status": 529,
+    "type": "overloaded_error", "message": "...", "headers": {"retry-after-ms": "100"},
+    "error_code": "...", "retry_after": 0.1}}` (all but "status" optional)."""
     if not isinstance(item, dict):
         raise ValueError(f"script entry must be an object: {item!r}")
-    rest = dict(item)
-    if "delay" in rest:
-        seconds = float(rest.pop("delay"))
-        return Delay(seconds, action_from_json(rest) if rest else None)
-    if rest.get("drop"):
-        return Drop()
-    if "reply" in rest:
-        return Reply(str(rest["reply"]), str(rest.get("stop_reason", "end_turn")))
-    fail = rest.get("fail")
-    if fail == "credit_balance":
-        return credit_balance_too_low()
+    if "reply" in item:
+        return Reply(str(item["reply"]))
+    fail = item.get("fail")
     if isinstance(fail, dict):
         headers = fail.get("headers") or {}
         retry_after = fail.get("retry_after")
@@ -261,6 +269,7 @@ class _Response:
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = "application/json"
+    trickle: float | None = None  # seconds between body bytes (Trickle)
 
 
 class _Invalid(Exception):
@@ -317,23 +326,22 @@ def _content_blocks(where: str, content: Any) -> list[dict[str, Any]]:
     return cast(list[dict[str, Any]], content)
 
 
-def _parse(body: Any, known: frozenset[str], *, need_max_tokens: bool) -> list[_Block]:
+def _parse(body: Any) -> list[_Block]:
     """Validate like the real API and return the prompt in render order: tools → system →
     messages."""
     if not isinstance(body, dict):
         raise _Invalid("Input should be a valid dictionary")
     for name in body:
-        if name not in known:
+        if name not in _MESSAGES_FIELDS:
             # Also how API version 2026-10-21 rejects temperature/top_p/top_k.
             raise _Invalid(f"{name}: Extra inputs are not permitted")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise _Invalid("model: Field required")
-    if need_max_tokens:
-        max_tokens = body.get("max_tokens")
-        if max_tokens is None:
-            raise _Invalid("max_tokens: Field required")
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
-            raise _Invalid("max_tokens: Input should be a valid integer >= 0")
+    max_tokens = body.get("max_tokens")
+    if max_tokens is None:
+        raise _Invalid("max_tokens: Field required")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
+        raise _Invalid("max_tokens: Input should be a valid integer >= 0")
     if body.get("stream") not in (None, True, False):
         raise _Invalid("stream: Input should be a valid boolean")
     _check_cache_control("cache_control", body.get("cache_control"))
@@ -438,6 +446,9 @@ def directive_action(text: str) -> Action:
             action = Reply(match.group(1))
         else:
             action = Reply("", tool=(match.group(1), json.loads(match.group(2))))
+    trickle = _TRICKLE_RE.search(text)
+    if trickle:
+        action = Trickle(float(trickle.group(1)), action)
     delay = _DELAY_RE.search(text)
     return Delay(float(delay.group(1)), action) if delay else action
 
@@ -446,6 +457,8 @@ def _error_directive(argument: str) -> Fail:
     parts = argument.split(maxsplit=2)
     if parts and parts[0] == "credit":
         return credit_balance_too_low()
+    if parts and parts[0] == "workspace":
+        return workspace_limit_reached()
     try:
         status = int(parts[0])
     except (IndexError, ValueError):
@@ -521,27 +534,26 @@ class StandinAPI(Serving):
     `delay`: seconds slept before answering every /v1 request (mutable while running).
     `responder`: called with the parsed body of each valid Messages request when the script queue
     is empty; return an action, or None to fall through to directives and the default reply.
-    `min_cacheable_tokens`: breakpoints whose prefix is shorter are silently not cached.
+    `context_window`: prompts of more tokens get the real 400 "prompt is too long" (None: no
+    limit); `max_request_bytes`: larger bodies get 413 request_too_large (both mutable).
     """
 
     def __init__(
         self,
         *,
-        host: str = "127.0.0.1",
         port: int = 0,
         api_key: str | None = None,
         delay: float = 0.0,
         responder: Responder | None = None,
-        min_cacheable_tokens: int = 0,
-        verbose: bool = False,
+        context_window: int | None = None,
     ) -> None:
-        super().__init__(host, port, verbose)
+        super().__init__("127.0.0.1", port, verbose=False)
         self.api_key = api_key
         self.delay = delay
         self.responder = responder
-        self.min_cacheable_tokens = min_cacheable_tokens
+        self.context_window = context_window
+        self.max_request_bytes = MAX_REQUEST_BYTES
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
         self._script: deque[Action] = deque()
         self._records: list[RecordedRequest] = []
         self._cache: set[bytes] = set()
@@ -566,28 +578,6 @@ class StandinAPI(Serving):
     def message_calls(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.method == "POST" and r.path == "/v1/messages"]
 
-    def wait_for_calls(self, count: int, timeout: float = 5.0) -> list[RecordedRequest]:
-        """Block until `count` Messages requests have been answered; raise TimeoutError."""
-
-        def answered() -> list[RecordedRequest]:
-            return [
-                r
-                for r in self._records
-                if r.path == "/v1/messages" and r.method == "POST" and r.status is not None
-            ]
-
-        with self._changed:
-            if not self._changed.wait_for(lambda: len(answered()) >= count, timeout):
-                raise TimeoutError(
-                    f"expected {count} answered Messages calls within {timeout}s, "
-                    f"got {len(answered())}"
-                )
-            return answered()
-
-    def clear_cache(self) -> None:
-        with self._lock:
-            self._cache.clear()
-
     def reset(self) -> None:
         """Forget records, script and prompt cache."""
         with self._lock:
@@ -602,16 +592,16 @@ class StandinAPI(Serving):
             self._records.append(record)
 
     def _finish(self, record: RecordedRequest, status: int) -> None:
-        with self._changed:
+        with self._lock:
             # Found by identity: reset() may have emptied or refilled the list meanwhile.
             for i in range(len(self._records) - 1, -1, -1):
                 if self._records[i] is record:
                     self._records[i] = replace(record, status=status)
                     break
-            self._changed.notify_all()
 
-    def _sleep(self, seconds: float) -> None:
-        self._stopping.wait(seconds)
+    def pause(self, seconds: float) -> bool:
+        """Sleep; True (at once) when the server is stopping."""
+        return self._stopping.wait(seconds)
 
     def handle(
         self, method: str, path: str, headers: dict[str, str], raw: bytes
@@ -629,7 +619,7 @@ class StandinAPI(Serving):
         record = RecordedRequest(method, path, headers, body, None, time.monotonic())
         self._record(record)
         try:
-            response = self._answer(method, path, headers, body, bad_json)
+            response = self._answer(method, path, headers, body, bad_json, len(raw))
         except Exception as exc:
             # A bug here should fail the test loudly, not look like a network problem.
             traceback.print_exc()
@@ -638,10 +628,16 @@ class StandinAPI(Serving):
         return response
 
     def _answer(
-        self, method: str, path: str, headers: dict[str, str], body: Any, bad_json: bool
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: Any,
+        bad_json: bool,
+        size: int,
     ) -> _Response | None:
         if self.delay > 0:
-            self._sleep(self.delay)
+            self.pause(self.delay)
         key = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ")
         if not key:
             return self._error(Fail(401, message="x-api-key header is required"))
@@ -649,39 +645,40 @@ class StandinAPI(Serving):
             return self._error(Fail(401, message="invalid x-api-key"))
         if not headers.get("anthropic-version"):
             return self._error(Fail(400, message="anthropic-version: header is required"))
-
-        if method == "GET" and path.startswith("/v1/models/"):
-            return self._model_info(path.removeprefix("/v1/models/"))
-        if method != "POST" or path not in ("/v1/messages", "/v1/messages/count_tokens"):
+        if method != "POST" or path != "/v1/messages":
             return self._error(Fail(404, message=f"Not found: {method} {path}"))
+        if size > self.max_request_bytes:
+            return self._error(Fail(413))
         if bad_json:
             return self._error(
                 Fail(400, message="There was an error parsing the body of your request.")
             )
-        counting = path.endswith("/count_tokens")
         try:
-            blocks = _parse(
-                body,
-                _COUNT_FIELDS if counting else _MESSAGES_FIELDS,
-                need_max_tokens=not counting,
-            )
+            blocks = _parse(body)
         except _Invalid as exc:
             return self._error(Fail(400, message=str(exc)))
-        if counting:
-            return self._ok({"input_tokens": sum(b.tokens for b in blocks)})
+        prompt = sum(b.tokens for b in blocks)
+        if self.context_window is not None and prompt > self.context_window:
+            return self._error(prompt_too_long(prompt, self.context_window))
 
         with self._lock:
             action: Action | None = self._script.popleft() if self._script else None
         if action is None:
             action = self._fallback(body)
-        while isinstance(action, Delay):
-            self._sleep(action.seconds)
+        trickle: float | None = None
+        while isinstance(action, Delay | Trickle):
+            if isinstance(action, Delay):
+                self.pause(action.seconds)
+            else:
+                trickle = action.interval
             action = action.then if action.then is not None else self._fallback(body)
         if isinstance(action, Drop):
             return None
-        if isinstance(action, Fail):
-            return self._error(action)
-        return self._message(body, blocks, action)
+        response = (
+            self._error(action) if isinstance(action, Fail) else self._message(body, blocks, action)
+        )
+        response.trickle = trickle
+        return response
 
     def _fallback(self, body: dict[str, Any]) -> Action:
         if self.responder is not None:
@@ -753,9 +750,7 @@ class StandinAPI(Serving):
         automatic = body.get("cache_control")
         if automatic is not None and (len(blocks) - 1) not in controls:
             controls[len(blocks) - 1] = automatic
-        breakpoints = sorted(
-            i for i in controls if cumulative[i] >= max(self.min_cacheable_tokens, 1)
-        )
+        breakpoints = sorted(i for i in controls if cumulative[i] >= 1)
         if not breakpoints:
             return running, 0, 0, 0
 
@@ -779,21 +774,6 @@ class StandinAPI(Serving):
                 written[controls[b].get("ttl") or "5m"] += cumulative[b] - start
                 start = cumulative[b]
         return running - cumulative[breakpoints[-1]], read, written["5m"], written["1h"]
-
-    def _model_info(self, model_id: str) -> _Response:
-        return self._ok(
-            {
-                "type": "model",
-                "id": model_id,
-                "display_name": re.sub(r"(\d)-(\d)", r"\1.\2", model_id).replace("-", " ").title(),
-                "created_at": "2026-01-01T00:00:00Z",
-                "lifecycle": "active",
-                "deprecated_at": None,
-                "retires_at": None,
-                "max_input_tokens": 1_000_000,
-                "max_tokens": 128_000,
-            }
-        )
 
     def _headers(self, request_id: str) -> dict[str, str]:
         reset = (datetime.now(UTC) + timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -870,6 +850,9 @@ class _APIHandler(LoopbackHandler):
         if response is None:
             self.close_connection = True
             return
+        if response.trickle is not None:
+            self._trickle(response, response.trickle)
+            return
         self.send_json(
             response.status,
             response.body,
@@ -877,6 +860,23 @@ class _APIHandler(LoopbackHandler):
             _REASONS.get(response.status),
             response.content_type,
         )
+
+    def _trickle(self, response: _Response, interval: float) -> None:
+        """The status line and headers at once, then the body one byte every `interval`."""
+        self.close_connection = True  # the body may never be finished
+        self.send_response(response.status, _REASONS.get(response.status))
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        try:
+            for at in range(len(response.body)):
+                self.wfile.write(response.body[at : at + 1])
+                if self.loopback.owner.pause(interval):
+                    return  # the server is stopping
+        except OSError:
+            return  # the client gave up: what the trickle is for
 
 
 StandinAPI.handler = _APIHandler
@@ -888,22 +888,11 @@ StandinAPI.thread_name = "standin-api"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Stand-in Anthropic Messages API on loopback.")
-    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--port-file", help="also write the URL to this file")
-    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     parser.add_argument("--api-key", help="require exactly this key")
-    parser.add_argument("--min-cacheable-tokens", type=int, default=0)
-    parser.add_argument("--verbose", action="store_true", help="log requests to stderr")
     args = parser.parse_args(argv)
-    api = StandinAPI(
-        host=args.host,
-        port=args.port,
-        api_key=args.api_key,
-        delay=args.delay,
-        min_cacheable_tokens=args.min_cacheable_tokens,
-        verbose=args.verbose,
-    )
+    api = StandinAPI(port=args.port, api_key=args.api_key)
     api.start()
     return serve_until_signalled(api.url, args.port_file, api.stop)
 
