@@ -14,10 +14,15 @@ from typing import Any
 
 import yaml
 
+from relay import fsutil
 from relay.errors import ConfigError
 from relay.prices import DEFAULT_PRICES, Price
 
 DEFAULT_CONFIG_PATH = Path("/etc/relay/config.yaml")
+# Generous for hand-written YAML and prompts, and small enough that a file named by mistake
+# (a log, an image, /dev/zero) is refused at once instead of being read into memory.
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_PROMPT_BYTES = 1024 * 1024
 
 # A session id names a directory under dispatch/, so it must be a plain, safe name.
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -80,21 +85,54 @@ def config_path(arg: str | None, environ: Mapping[str, str]) -> Path:
 
 def load_config(path: Path) -> Config:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigError(
             str(path), ["no such file (give one with --config or RELAY_CONFIG)"]
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), [f"cannot read: {exc}"]) from exc
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(str(path), [f"cannot read: {_reason(exc)}"]) from exc
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_Loader)  # a SafeLoader, without aliases
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(str(path), [f"{where}not valid YAML ({problem})"]) from exc
+    except RecursionError:
+        raise ConfigError(str(path), ["not a relay config: nested too deeply"]) from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(str(path), [f"not a relay config: {exc}"]) from None
     return parse_config(raw if raw is not None else {}, source=path)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases. relay's config has no use for them, and a few
+    nested ones ("billion laughs") make a tiny file stand for a structure too large to walk,
+    or to print in an error message."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in relay's config", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def read_text(path: Path, limit: int) -> str:
+    """A regular file of at most `limit` bytes, as UTF-8: never blocks on a FIFO and never
+    reads a device without end (fsutil.read_regular). ValueError if it is larger."""
+    data = fsutil.read_regular(path, limit)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit // 1024} KiB")
+    return data.decode("utf-8")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, fsutil.NotRegularFile) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
 
 class _Checker:
@@ -247,9 +285,9 @@ def _system_prompt(raw: Mapping[str, Any], check: _Checker, base_dir: Path) -> s
         )
         if file_name:
             try:
-                text = (base_dir / file_name).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                check.fail("system_prompt_file", f"cannot read {file_name}: {exc}")
+                text = read_text(base_dir / file_name, MAX_PROMPT_BYTES)
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                check.fail("system_prompt_file", f"cannot read {file_name}: {_reason(exc)}")
                 return DEFAULT_SYSTEM_PROMPT
             if not text.strip():
                 check.fail("system_prompt_file", f"{file_name} is empty")
@@ -357,8 +395,8 @@ def dotenv_key(config_file: Path | None) -> str | None:
     if config_file is None:
         return None
     try:
-        lines = (config_file.parent / ".env").read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
+        lines = read_text(config_file.parent / ".env", MAX_CONFIG_BYTES).splitlines()
+    except (OSError, UnicodeDecodeError, ValueError):
         return None
     for line in lines:
         name, sep, value = line.strip().removeprefix("export ").partition("=")
@@ -375,8 +413,8 @@ def find_api_key(config: Config, environ: Mapping[str, str]) -> tuple[str | None
     cred_dir = environ.get("CREDENTIALS_DIRECTORY")
     if cred_dir:
         try:
-            key = (Path(cred_dir) / "anthropic-api-key").read_text(encoding="utf-8").strip()
-        except OSError:
+            key = read_text(Path(cred_dir) / "anthropic-api-key", MAX_CONFIG_BYTES).strip()
+        except (OSError, UnicodeDecodeError, ValueError):
             key = ""
         if key:
             return key, "credential anthropic-api-key"

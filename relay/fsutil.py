@@ -9,7 +9,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 from pathlib import Path
+
+
+class NotRegularFile(OSError):
+    """A path that names a FIFO, a device, a directory or a socket where a file was wanted."""
 
 
 def fsync_dir(path: Path) -> None:
@@ -90,3 +95,38 @@ def makedirs(path: Path, mode: int) -> None:
         return
     finally:
         os.umask(old)
+
+
+def read_regular(path: Path, limit: int, *, follow_symlinks: bool = True) -> bytes:
+    """Up to `limit` + 1 bytes of `path`, which must be a regular file.
+
+    Opened without blocking, so a FIFO nobody writes to cannot hang the caller, and
+    checked with fstat before a byte is read, so /dev/zero or /dev/urandom cannot feed it
+    without end; the extra byte lets the caller tell "exactly `limit`" from "too large".
+    Raises `NotRegularFile` (an OSError) for anything else."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    fd = os.open(path, flags if follow_symlinks else flags | os.O_NOFOLLOW)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(errno.EINVAL, f"not a regular file ({_kind(mode)})", str(path))
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit and (chunk := os.read(fd, min(1 << 16, limit + 1 - size))):
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a file"

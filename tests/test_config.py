@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,8 @@ from relay.config import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_SUMMARIZATION_PROMPT,
     DEFAULT_SYSTEM_PROMPT,
+    MAX_CONFIG_BYTES,
+    MAX_PROMPT_BYTES,
     AnthropicConfig,
     Config,
     NtfyConfig,
@@ -505,3 +511,124 @@ def test_a_session_may_not_be_named_like_relay_s_own_senders(tmp_path: Path, nam
     assert err.value.problems == [
         f"sessions[1]: {name!r} is reserved for relay's own senders; choose another"
     ]
+
+
+# ---- inputs that must not hang relay or eat its memory ------------------------------------
+
+# Run in a child with a time-out and a memory ceiling: without the fix these hang on a FIFO
+# or read /dev/zero without end, and the child is killed, not the test run.
+_LOAD = """
+import sys
+from pathlib import Path
+from relay.config import load_config
+from relay.errors import ConfigError
+try:
+    load_config(Path(sys.argv[1]))
+except ConfigError as exc:
+    print(exc.message)
+else:
+    print("loaded")
+"""
+
+
+def load_in_child(path: Path) -> str:
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _LOAD, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            preexec_fn=limit_memory,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"loading {path} did not finish within 30 s")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "prompt.fifo"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("/dev/zero", "a device"),
+        ("/dev/urandom", "a device"),
+        ("FIFO", "a FIFO"),
+        ("DIR", "a directory"),
+    ],
+)
+def test_a_prompt_file_that_is_no_file_is_refused_with_its_key(
+    tmp_path: Path, fifo: Path, name: str, kind: str
+) -> None:
+    target = {"FIFO": str(fifo), "DIR": str(tmp_path)}.get(name, name)
+    config = write(tmp_path, f"sessions: [s]\nsystem_prompt_file: {target}\n")
+    assert load_in_child(config) == (
+        f"{config}: system_prompt_file: cannot read {target}: not a regular file ({kind})"
+    )
+
+
+@pytest.mark.parametrize("name", ["/dev/zero", "FIFO"])
+def test_a_config_file_that_is_no_file_is_refused(fifo: Path, name: str) -> None:
+    target = str(fifo) if name == "FIFO" else name
+    kind = "a FIFO" if name == "FIFO" else "a device"
+    assert load_in_child(Path(target)) == f"{target}: cannot read: not a regular file ({kind})"
+
+
+def test_too_large_a_prompt_or_config_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "big.md").write_bytes(b"x" * (MAX_PROMPT_BYTES + 1))
+    problems = problems_of("sessions: [s]\nsystem_prompt_file: big.md\n", tmp_path)
+    assert problems == ["system_prompt_file: cannot read big.md: larger than 1024 KiB"]
+    (tmp_path / "fits.md").write_bytes(b"x" * MAX_PROMPT_BYTES)
+    config = load_config(write(tmp_path, "sessions: [s]\nsystem_prompt_file: fits.md\n"))
+    assert len(config.system_prompt) == MAX_PROMPT_BYTES
+
+    padded = write(tmp_path, "sessions: [s]\n" + "#" * (MAX_CONFIG_BYTES + 1) + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(padded)
+    assert caught.value.problems == ["cannot read: larger than 1024 KiB"]
+
+
+BILLION_LAUGHS = """\
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+sessions: *i
+"""
+
+
+def test_yaml_aliases_are_refused_so_a_bomb_cannot_go_off(tmp_path: Path) -> None:
+    # Nine levels: 9**9 (~387 million) strings once walked, e.g. to print "got [...]".
+    config = write(tmp_path, BILLION_LAUGHS)
+    assert load_in_child(config) == (
+        f"{config}: line 2: not valid YAML (aliases (*name) are not allowed in relay's config)"
+    )
+
+
+def test_anchors_without_aliases_are_harmless(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "sessions: &all [s]\nmodel: &m m1\n")).model == "m1"
+
+
+def test_absurdly_nested_or_long_yaml_is_a_config_error(tmp_path: Path) -> None:
+    deep = write(tmp_path, "sessions: [s]\nx: " + "[" * 20_000 + "]" * 20_000 + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(deep)
+    assert caught.value.problems == ["not a relay config: nested too deeply"]
+    digits = write(tmp_path, "sessions: [s]\nmax_tokens: " + "9" * 10_000 + "\n", "d.yaml")
+    with pytest.raises(ConfigError) as caught:
+        load_config(digits)
+    assert caught.value.problems[0].startswith("not a relay config: ")
