@@ -1,4 +1,5 @@
-"""The one module that speaks the systemd notify protocol (sd_notify(3)).
+"""The one module that speaks systemd: the notify protocol (sd_notify(3)), the watchdog
+interval, and whether systemd runs this machine.
 
 A stdlib AF_UNIX datagram sender, as systemd's own self-contained example does: no build
 dependency, and testable against a real socket. The environment is injected.
@@ -6,9 +7,15 @@ dependency, and testable against a real socket. The environment is injected.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Mapping
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SYSTEMD_RUNTIME_DIR = Path("/run/systemd/system")
 
 
 class Notifier:
@@ -17,6 +24,7 @@ class Notifier:
         self.address = env.get("NOTIFY_SOCKET") or None
         self.watchdog_interval_s = watchdog_interval(env)
         self._sock: socket.socket | None = None
+        self._failing = False  # the last send failed, and said so in the log
 
     @property
     def enabled(self) -> bool:
@@ -27,12 +35,24 @@ class Notifier:
             return False
         # A leading "@" names an abstract socket (a NUL byte on the wire).
         address = "\0" + self.address[1:] if self.address.startswith("@") else self.address
-        if self._sock is None:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             self._sock.sendto("\n".join(fields).encode("utf-8"), address)
-        except OSError:
+        except OSError as exc:
+            # Once per outage: a missed WATCHDOG=1 gets the unit killed, so the reason must
+            # be in the journal, but not every few seconds for as long as it lasts.
+            if not self._failing:
+                log.warning(
+                    "cannot notify systemd at %s: %s (further failures are not logged)",
+                    self.address,
+                    exc,
+                )
+                self._failing = True
             return False
+        if self._failing:
+            log.info("notifying systemd at %s works again", self.address)
+            self._failing = False
         return True
 
     def ready(self, status: str) -> bool:
@@ -76,5 +96,6 @@ def watchdog_interval(environ: Mapping[str, str]) -> float | None:
     return value / 2_000_000 if value > 0 else None
 
 
-def running_under_systemd() -> bool:
-    return os.path.isdir("/run/systemd/system")
+def running_under_systemd(runtime_dir: Path = SYSTEMD_RUNTIME_DIR) -> bool:
+    """systemd is PID 1 here (sd_booted(3)): it creates this directory early at boot."""
+    return runtime_dir.is_dir()

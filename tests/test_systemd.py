@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.systemd import Notifier, one_line, watchdog_interval
+from relay.systemd import Notifier, one_line, running_under_systemd, watchdog_interval
 
 
 class NotifySocket:
@@ -114,6 +115,42 @@ def test_socket_that_is_gone_returns_false(tmp_path: Path) -> None:
         assert sender.watchdog() is False
     finally:
         sender.close()
+
+
+def test_a_failing_socket_is_logged_once_per_outage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    address = str(tmp_path / "notify")
+    sender = Notifier({"NOTIFY_SOCKET": address})
+    caplog.set_level(logging.INFO, logger="relay.systemd")
+    try:
+        assert [sender.watchdog() for _ in range(5)] == [False] * 5
+        (warning,) = caplog.records
+        assert warning.levelno == logging.WARNING
+        assert address in warning.getMessage()
+        assert "No such file or directory" in warning.getMessage()
+
+        caplog.clear()
+        listener = NotifySocket(address)  # systemd is back
+        try:
+            assert sender.watchdog() is True
+            assert listener.receive() == ["WATCHDOG=1"]
+        finally:
+            listener.close()
+        (recovered,) = caplog.records
+        assert recovered.levelno == logging.INFO
+
+        os.unlink(address)  # and gone again: one more warning, not one per ping
+        caplog.clear()
+        assert [sender.watchdog() for _ in range(3)] == [False] * 3
+        assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    finally:
+        sender.close()
+
+
+def test_running_under_systemd_looks_for_its_runtime_directory(tmp_path: Path) -> None:
+    assert running_under_systemd(tmp_path) is True
+    assert running_under_systemd(tmp_path / "absent") is False
 
 
 def test_close_is_idempotent_and_send_reopens(listener: NotifySocket, notifier: Notifier) -> None:
