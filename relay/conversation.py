@@ -1,16 +1,16 @@
 """The conversation's pure logic: state derived from history, request rendering, the
-[NEEDS-JC] check, routing and the summarization split. No I/O here.
+[NEEDS-JC] check, routing and summarization planning. No I/O here.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from relay.history import Record
+from relay.records import Carried, Record, Sender, Summary, Turn
 
-OPERATOR = "operator"
 SUMMARY_HEADER = "Summary of the conversation so far (earlier turns were summarized):\n\n"
 
 _DIRECT_RE = re.compile(r"\A\s*@([A-Za-z0-9][A-Za-z0-9._-]{0,63})\s*:[ \t]*\n?(.*)\Z", re.DOTALL)
@@ -27,39 +27,41 @@ class ConversationState:
     turns: int = 0
     next_seq: int = 1
 
+    def carried(self) -> Carried:
+        return Carried(self.paused, self.needs_jc_session, self.needs_jc_text, self.last_session)
 
-def derive_state(records: list[Record]) -> ConversationState:
+
+def derive_state(records: Sequence[Record]) -> ConversationState:
     state = ConversationState()
     for record in records:
-        if record.get("kind") == "summary":
-            carried = record.get("state") or {}
+        if isinstance(record, Summary):
+            carried = record.state
             state = ConversationState(
-                paused=bool(carried.get("paused")),
-                needs_jc_session=carried.get("needs_jc_session"),
-                needs_jc_text=carried.get("needs_jc_text"),
-                last_session=carried.get("last_session"),
+                paused=carried.paused,
+                needs_jc_session=carried.needs_jc_session,
+                needs_jc_text=carried.needs_jc_text,
+                last_session=carried.last_session,
                 turns=0,
-                next_seq=int(record.get("seq", 0)) + 1,
+                next_seq=record.seq + 1,
             )
-        elif record.get("kind") == "turn":
+        else:
             state = apply_turn(state, record)
     return state
 
 
-def apply_turn(state: ConversationState, record: Record) -> ConversationState:
-    """The state after a turn record (see `turn_record`)."""
-    target = record.get("target")
-    session = record.get("session")
-    last = target or (session if session != OPERATOR else None) or state.last_session
-    if record.get("needs_jc"):
-        origin = state.needs_jc_session if session == OPERATOR else session
+def apply_turn(state: ConversationState, turn: Turn) -> ConversationState:
+    """The state after `turn`."""
+    own = turn.sender.session
+    last = turn.target or own or state.last_session
+    if turn.needs_jc:
+        origin = own if own is not None else state.needs_jc_session
         return ConversationState(
             paused=True,
             needs_jc_session=origin or state.last_session,
-            needs_jc_text=record.get("reply"),
+            needs_jc_text=turn.reply,
             last_session=last,
             turns=state.turns + 1,
-            next_seq=int(record["seq"]) + 1,
+            next_seq=turn.seq + 1,
         )
     return ConversationState(
         paused=False,
@@ -67,22 +69,13 @@ def apply_turn(state: ConversationState, record: Record) -> ConversationState:
         needs_jc_text=state.needs_jc_text,
         last_session=last,
         turns=state.turns + 1,
-        next_seq=int(record["seq"]) + 1,
+        next_seq=turn.seq + 1,
     )
 
 
-def state_dict(state: ConversationState) -> dict[str, Any]:
-    return {
-        "paused": state.paused,
-        "needs_jc_session": state.needs_jc_session,
-        "needs_jc_text": state.needs_jc_text,
-        "last_session": state.last_session,
-    }
-
-
-def user_text(source: str, content: str) -> str:
+def user_text(sender: Sender, content: str) -> str:
     """The user turn as chat-Claude sees it: who wrote it, then what they wrote."""
-    return f"[from {source}]\n{content}"
+    return f"[from {sender.wire}]\n{content}"
 
 
 def has_needs_jc(reply: str, marker: str, window: int) -> bool:
@@ -103,43 +96,13 @@ def operator_target(state: ConversationState) -> str | None:
     return state.needs_jc_session or state.last_session
 
 
-def turn_record(
-    *,
-    seq: int,
-    key: str,
-    session: str,
-    user: str,
-    reply: str,
-    target: str | None,
-    needs_jc: bool,
-    ts: str,
-    cost_usd: float,
-) -> Record:
-    return {
-        "kind": "turn",
-        "seq": seq,
-        "key": key,
-        "session": session,
-        "user": user,
-        "reply": reply,
-        "target": target,
-        "needs_jc": needs_jc,
-        "ts": ts,
-        "cost_usd": cost_usd,
-    }
+def history_chars(records: Sequence[Record]) -> int:
+    return sum(
+        len(r.text) if isinstance(r, Summary) else len(r.user) + len(r.reply) for r in records
+    )
 
 
-def history_chars(records: list[Record]) -> int:
-    total = 0
-    for record in records:
-        if record.get("kind") == "summary":
-            total += len(record.get("text", ""))
-        else:
-            total += len(record.get("user", "")) + len(record.get("reply", ""))
-    return total
-
-
-def render_messages(records: list[Record], new_user: str | None) -> list[dict[str, Any]]:
+def render_messages(records: Sequence[Record], new_user: str | None) -> list[dict[str, Any]]:
     """The `messages` list for the API: history, then the new user turn with a cache
     breakpoint on its last block, so the whole conversation so far is a cached prefix.
 
@@ -149,10 +112,10 @@ def render_messages(records: list[Record], new_user: str | None) -> list[dict[st
     messages: list[dict[str, Any]] = []
     pending_summary: str | None = None
     for record in records:
-        if record.get("kind") == "summary":
-            pending_summary = SUMMARY_HEADER + str(record.get("text", ""))
+        if isinstance(record, Summary):
+            pending_summary = SUMMARY_HEADER + record.text
             continue
-        blocks: list[dict[str, Any]] = [{"type": "text", "text": str(record["user"])}]
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": record.user}]
         if pending_summary is not None:
             blocks.insert(0, {"type": "text", "text": pending_summary})
             pending_summary = None
@@ -160,7 +123,7 @@ def render_messages(records: list[Record], new_user: str | None) -> list[dict[st
         messages.append(
             {
                 "role": "assistant",
-                "content": [{"type": "text", "text": str(record["reply"]) or "(no reply)"}],
+                "content": [{"type": "text", "text": record.reply or "(no reply)"}],
             }
         )
     if new_user is not None:
@@ -176,14 +139,45 @@ def render_system(system_prompt: str) -> list[dict[str, Any]]:
     return [{"type": "text", "text": system_prompt, "cache_control": {"type": "ephemeral"}}]
 
 
-def split_for_summary(records: list[Record], keep_recent: int) -> tuple[list[Record], list[Record]]:
+def split_for_summary(
+    records: Sequence[Record], keep_recent: int
+) -> tuple[list[Record], list[Turn]]:
     """(records to summarize, turns kept verbatim). An earlier summary is summarized again."""
-    turns = [r for r in records if r.get("kind") == "turn"]
+    turns = [r for r in records if isinstance(r, Turn)]
     keep = turns[len(turns) - keep_recent :] if keep_recent > 0 else []
-    kept_ids = {id(r) for r in keep}
-    return [r for r in records if id(r) not in kept_ids], keep
+    kept = {id(r) for r in keep}
+    return [r for r in records if id(r) not in kept], keep
 
 
-def summary_request(old: list[Record], summarization_prompt: str) -> list[dict[str, Any]]:
-    """Messages for the one summarization call: the old part, then the instruction."""
-    return render_messages(old, user_text("relay", summarization_prompt))
+@dataclass(frozen=True)
+class SummaryPlan:
+    """A summarization to run: what to send, and what the history becomes after it."""
+
+    old: list[Record]
+    keep: list[Turn]
+    messages: list[dict[str, Any]]
+
+    @property
+    def covers(self) -> int:
+        return sum(1 for r in self.old if isinstance(r, Turn))
+
+    def summary(self, text: str, ts: str, cost_usd: float, state: ConversationState) -> Summary:
+        first_kept = self.keep[0].seq if self.keep else state.next_seq
+        return Summary(first_kept - 1, text, ts, self.covers, cost_usd, state.carried())
+
+
+def plan_summary(
+    records: Sequence[Record], cap: int, keep_recent: int, summarization_prompt: str
+) -> SummaryPlan | None:
+    """The summarization due now, or None: the history fits under `cap`, or only the turns
+    kept verbatim are left and they alone exceed it (nothing would be gained)."""
+    if history_chars(records) <= cap:
+        return None
+    old, keep = split_for_summary(records, keep_recent)
+    if not any(isinstance(r, Turn) for r in old):
+        return None
+    messages = render_messages(old, user_text(RELAY_SENDER, summarization_prompt))
+    return SummaryPlan(old, keep, messages)
+
+
+RELAY_SENDER = Sender("relay")

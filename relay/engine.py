@@ -1,63 +1,91 @@
-"""The conversation engine: the only writer of history, dispatch and status.
+"""The conversation engine: the turn state machine, and the only writer of history,
+dispatch and status.
 
 Single-threaded except for the API call itself, which runs on one worker thread so the
 main loop keeps feeding the watchdog and delivering replies while chat-Claude thinks.
 
-Per inbox item the order of durable steps is: API call → ledger → history record (holds
-the item's key) → pending reply → inbox item removed → later, delivery by rename. On
-restart `recover` finishes any item whose turn is already in history without calling the
-API again; delivery only ever happens after the inbox item is gone, so an inbox item that
-still exists has never been delivered (docs/architecture.md, promises 1-2).
+Per inbox item the order of durable steps is: crash counter → API call → ledger → reply
+kept beside the item → history record (holds the item's key) → pending reply → inbox item
+removed → later, delivery by rename. An item whose turn is already in history is finished
+without calling the API again; delivery only ever happens after the inbox item is gone,
+so an inbox item that still exists has never been delivered (docs/architecture.md,
+promises 1-2). Whatever one item does, it costs that item alone: an error handling it sets
+it aside with a reason, and an item that keeps killing relay is set aside by its counter.
+
+The files are the spool's (relay/spool.py); backoff, key watching and accounting are
+small modules of their own.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
+import json
 import logging
 import os
 import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 from relay import conversation as conv
-from relay import fsutil, history, intake, outbox
+from relay import envelope as envelopes
+from relay import history, outbox
 from relay import status as status_file
+from relay.accounting import Accounting
 from relay.api import ApiReply, MessagesApi
+from relay.apikey import ApiFactory, KeyWatch
+from relay.backoff import Backoff
 from relay.caller import Caller
-from relay.config import Config, find_api_key
-from relay.envelope import Rejected, parse_envelope
+from relay.config import Config
+from relay.envelope import Rejected
 from relay.errors import ApiError
 from relay.layout import Layout
 from relay.ledger import Ledger, iso, utc_now
 from relay.log import event
 from relay.ntfy import Notifier, Push
-from relay.prices import cost_usd, price_for
+from relay.prices import Usage
+from relay.records import OPERATOR, RELAY, Record, Sender, Status, Turn, session
+from relay.spool import Spool, display, parse_item
+
+__all__ = ["ApiFactory", "Engine"]
 
 log = logging.getLogger(__name__)
 
-BLOCKED_RETRY_S = 300.0
-MAX_BACKOFF_S = 300.0
-KEY_RECHECK_S = 5.0
-WRITE_RETRY_S = 10
+WRITE_RETRY_S = 10.0
+STATUS_REFRESH_S = 30.0  # rewritten this often even when nothing changed (updated_at)
+STATUS_RETRY_S = 5.0
+# How many relay processes may begin an item before it is set aside: a crash mid-turn is
+# survived (a few times over), an item that kills relay every time is not retried forever.
+MAX_TRIES = 5
+NOT_PROCESSED = (
+    "relay could not process your message ({reason}). It was set aside in "
+    "queue/.rejected/; the operator has been told. Nothing else you sent is affected."
+)
 
 
 @dataclass(frozen=True)
 class Call:
     """An API call in flight: a conversation turn, or the summarization."""
 
-    kind: str  # "turn" or "summary"
+    kind: Literal["turn", "summary"]
     key: str
-    session: str  # who wrote the turn: a session id or "operator"
+    sender: Sender
     user: str
     target: str | None
     system: list[dict[str, Any]]
     messages: list[dict[str, Any]]
+    plan: conv.SummaryPlan | None = None
 
 
-ApiFactory = Callable[[str, Config], MessagesApi]
+@dataclass(frozen=True)
+class Answered:
+    """A call's reply, kept in memory until it is recorded (a full disk is retried)."""
+
+    call: Call
+    reply: ApiReply
+    cost: float
 
 
 class Engine:
@@ -69,83 +97,75 @@ class Engine:
         notifier: Notifier,
         environ: Mapping[str, str] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = utc_now,
     ) -> None:
         self.config = config
         self.layout = layout
-        self.api_factory = api_factory
         self.notifier = notifier
-        self.environ = os.environ if environ is None else environ
         self.monotonic = monotonic
+        self.wall = wall
+        self.spool = Spool(layout)
         self.history = history.HistoryFile(layout.history, layout.archive)
-        self.ledger = Ledger(layout.ledger)
-        self.records: list[history.Record] = []
-        self.state = conv.ConversationState()
-        self.api: MessagesApi | None = None
-        self.key_help = ""
-        self._key: str | None = None
-        self._key_checked = -1e9
+        self.accounts = Accounting(config, Ledger(layout.ledger), wall)
+        self.keys = KeyWatch(config, os.environ if environ is None else environ, api_factory)
         self.caller: Caller[Call, ApiReply] = Caller()
-        self._unrecorded: tuple[Call, ApiReply, float] | None = None
-        self.retry_at = 0.0
-        self._now = monotonic()
-        self.failures = 0
-        self.blocked_reason: str | None = None
+        self.records: list[Record] = []
+        self.recorded: dict[str, Turn] = {}  # the turns in history, by their item's key
+        self.state = conv.ConversationState()
+        self.backoff = Backoff()
+        self.write_retry_at = 0.0  # a failed disk write (a full disk) is retried then
+        self.unrecorded: Answered | None = None
         self.last_error: str | None = None
         self.last_dispatch_session: str | None = None
-        self._summary_stuck_at = -1
+        self.summary_stuck_at = -1
+        self.begun: set[str] = set()  # items this process has counted
+        self._now = monotonic()
         self._status_written: dict[str, Any] | None = None
-        self._status_time = 0.0
+        self._status_time = -1e9
+        self._status_failed = False
+        self.last_snapshot: Status | None = None  # the latest tick's
 
     # ---- start-up -------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Repair history, finish half-done items, and load what status needs."""
+        """Load history and what status needs, and finish every item that needs no API
+        call before anything is delivered: delivery must never see a pending reply whose
+        inbox item still exists. A write that fails here (a full disk) is retried by the
+        loop, never a crash."""
         self.layout.ensure_all(self.config.sessions)
-        self.records = history.load(self.layout.history)
-        self.state = conv.derive_state(self.records)
-        self.ledger.load(self._today())
-        with contextlib.suppress(OSError, ValueError):
-            previous = status_file.read(self.layout.status)
-            self.last_dispatch_session = previous.get("last_dispatch_session")
-        recorded = {r["key"]: r for r in self.records if r.get("kind") == "turn"}
-        # Finish every item that needs no API call before anything is delivered: delivery
-        # must never see a pending reply whose inbox item still exists.
-        for name in self.inbox_items():
-            record = recorded.get(name)
-            if record is not None:
-                log.info("recovery: %s was answered before the restart; finishing it", name)
-                self._after_turn(name, record)
-            elif name.startswith(intake.OPERATOR_PREFIX):
-                session, body = conv.parse_operator(self._read_operator(name))
-                if session is not None:
-                    self._direct(name, session, body)
-        self.refresh_key(force=True)
-
-    def inbox_items(self) -> list[str]:
+        self._load(history.load(self.layout.history))
+        self.accounts.load()
         try:
-            names = os.listdir(self.layout.inbox)
-        except FileNotFoundError:
-            return []
-        return sorted(n for n in names if not n.startswith("."))
+            previous = status_file.read(self.layout.status)
+            last = previous.get("last_dispatch_session")
+            self.last_dispatch_session = last if isinstance(last, str) else None
+        except (OSError, ValueError, RecursionError):
+            pass
+        self._now = self.monotonic()
+        for key in self.spool.items():
+            if not self._guarded(key, self._recover_item):
+                break
+        self.keys.refresh(self._now, force=True)
 
-    # ---- the API key ----------------------------------------------------------------
+    def _recover_item(self, key: str) -> bool:
+        item = parse_item(key)
+        if key in self.recorded:
+            log.info("recovery: %s was answered before the restart; finishing it", key)
+            self._after_turn(key, self.recorded[key])
+        elif item is not None and item.operator:
+            target, body = conv.parse_operator(self.spool.read(key).decode("utf-8", "replace"))
+            if target is not None:
+                self._direct(key, target, body)
+        return False
 
-    def refresh_key(self, force: bool = False) -> None:
-        now = self.monotonic()
-        if not force and now - self._key_checked < KEY_RECHECK_S:
-            return
-        self._key_checked = now
-        key, where = find_api_key(self.config, self.environ)
-        if key == self._key and (key is not None or self.key_help):
-            return
-        self._key = key
-        if key is None:
-            self.api, self.key_help = None, where
-            log.warning("%s", where)
-            return
-        self.key_help = ""
-        self.api = self.api_factory(key, self.config)
-        log.info("API key found (%s)", where)  # where, never the key itself
+    def _load(self, records: list[Record]) -> None:
+        self.records = records
+        self.recorded = {r.key: r for r in records if isinstance(r, Turn)}
+        self.state = conv.derive_state(records)
+
+    @property
+    def api(self) -> MessagesApi | None:
+        return self.keys.api
 
     # ---- the main step ----------------------------------------------------------------
 
@@ -155,98 +175,146 @@ class Engine:
         # later reading lost a retry whose time fell in between (a 30 s stall).
         self._now = self.monotonic()
         self.caller.drain_wake()
+        disk_ok = self._now >= self.write_retry_at
         if (done := self.caller.take_done()) is not None:
             self._finish_call(*done)
-        elif self._unrecorded is not None and self._now >= self.retry_at:
+        elif self.unrecorded is not None and disk_ok:
             self._record()
-        if not self.caller.busy and self._unrecorded is None and start_new:
-            self.refresh_key()
-            self._start_next()
+        if not self.busy and start_new:
+            self.keys.refresh(self._now)
+            if self._now >= self.write_retry_at:
+                self._start_next()
         # Deliver last: whatever this tick queued (a finished turn, a direct message) goes
         # out now, since nothing else would wake the loop for it.
-        for session in self.config.sessions:
-            if outbox.deliver(self.layout, session) is not None:
-                self.last_dispatch_session = session
-        self.write_status()
+        for name in self.config.sessions:
+            try:
+                if outbox.deliver(self.layout, name) is not None:
+                    self.last_dispatch_session = name
+            except OSError as exc:
+                self._write_failed(f"cannot deliver to {name}", exc)
+        self.last_snapshot = self.snapshot()
+        self.write_status(self.last_snapshot)
+        return self._sleep_for()
+
+    def _sleep_for(self) -> float:
         if self.caller.busy:
             return 1.0
-        if self.retry_at > self._now:
-            return max(0.01, min(self.retry_at - self._now, 5.0))
+        due = [t for t in (self.write_retry_at, self.backoff.retry_at) if t > self._now]
+        if due and (self.unrecorded is not None or self.spool.items()):
+            return max(0.01, min(min(due) - self._now, 5.0))
         return 5.0 if self.api is None else 30.0
 
+    @property
+    def busy(self) -> bool:
+        return self.caller.busy or self.unrecorded is not None
+
     def _start_next(self) -> None:
-        for name in self.inbox_items():
-            if name.startswith(intake.OPERATOR_PREFIX):
-                if self._operator_item(name):
-                    return
-            elif self.state.paused:
-                return  # queue entries wait for the operator's answer
-            elif self._queue_item(name):
+        for key in self.spool.items():
+            if not self._guarded(key, self._handle):
                 return
 
-    def _api_ready(self) -> bool:
-        return self.api is not None and self._now >= self.retry_at
+    def _guarded(self, key: str, step: Callable[[str], bool]) -> bool:
+        """Run `step` for one item; False when the loop should not go on to the next.
 
-    def _operator_item(self, name: str) -> bool:
-        """Handle operator input; True when an API call was started or must wait."""
-        session, body = conv.parse_operator(self._read_operator(name))
-        if session is not None:
-            self._direct(name, session, body)
+        A disk error waits and retries; any other error is this item's alone: it is set
+        aside with the reason, and the items behind it flow."""
+        try:
+            return not step(key)
+        except OSError as exc:
+            self._write_failed(f"cannot handle {key}", exc)
             return False
-        return self._turn(name, conv.OPERATOR, body, conv.operator_target(self.state))
+        except Exception as exc:
+            log.exception("error handling %s", key)
+            self._refuse(key, f"relay failed handling it ({type(exc).__name__}: {exc})")
+            return True
 
-    def _read_operator(self, name: str) -> str:
-        return (self.layout.inbox / name).read_text(encoding="utf-8")
-
-    def _direct(self, name: str, session: str, text: str) -> None:
-        path = self.layout.inbox / name
-        if session not in self.config.sessions:
-            intake.reject(
-                self.layout,
-                path,
-                f"{name}",
-                f"@{session}: unknown session (configured: {', '.join(self.config.sessions)})",
-                private=True,
+    def _handle(self, key: str) -> bool:
+        """Take one inbox item as far as it goes now; True when it is in hand or must wait
+        (nothing behind it may overtake it)."""
+        turn = self.recorded.get(key)
+        if turn is not None:
+            self._after_turn(key, turn)
+            return False
+        item = parse_item(key)
+        if item is None:
+            return False  # not ours to handle: only relay (and root) write the inbox
+        if item.operator:
+            try:
+                text = self.spool.read(key).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                self._refuse(key, f"not valid UTF-8 (byte {exc.start})")
+                return False
+            target, body = conv.parse_operator(text)
+            if target is not None:
+                self._direct(key, target, body)
+                return False
+            return self._turn(key, OPERATOR, body, conv.operator_target(self.state))
+        if self.state.paused:
+            return True  # queue entries wait for the operator's answer
+        try:
+            envelope = envelopes.parse_envelope(
+                self.spool.read(key), self.config.sessions, self.config.max_envelope_bytes
             )
+        except Rejected as exc:
+            # Valid at intake but not now (e.g. the session was removed from the config).
+            self._refuse(key, str(exc), tell=False)
+            return False
+        sender = session(envelope.session_id)
+        return self._turn(key, sender, envelope.content, envelope.session_id)
+
+    def _begin(self, key: str) -> bool:
+        """Count this process beginning `key`; False if it was set aside for having been
+        begun too often (it killed relay each time)."""
+        if key in self.begun:
+            return True
+        tries = self.spool.begin(key)
+        self.begun.add(key)
+        if tries > MAX_TRIES:
+            self._refuse(key, f"relay stopped {tries - 1} times while handling it")
+            return False
+        return True
+
+    def _direct(self, key: str, target: str, text: str) -> None:
+        if target not in self.config.sessions:
+            configured = ", ".join(self.config.sessions)
+            self._refuse(key, f"@{target}: unknown session (configured: {configured})", tell=False)
             return
         if not text.strip():
-            intake.reject(self.layout, path, name, f"@{session}: nothing to send", private=True)
+            self._refuse(key, f"@{target}: nothing to send", tell=False)
             return
-        outbox.enqueue(self.layout, session, name, text)
-        fsutil.unlink_durable(path)
+        if not self._begin(key):
+            return
+        outbox.enqueue(self.layout, target, key, text)
+        self.spool.finish(key)
         event(
             log,
             "direct",
             "operator message queued straight to %s (no API call)",
-            session,
-            session=session,
-            envelope=name,
+            target,
+            session=target,
+            envelope=key,
         )
 
-    def _queue_item(self, name: str) -> bool:
-        path = self.layout.inbox / name
-        try:
-            envelope = parse_envelope(
-                path.read_bytes(), self.config.sessions, self.config.max_envelope_bytes
-            )
-        except Rejected as exc:
-            # Valid at intake but not now (e.g. the session was removed from the config).
-            intake.reject(self.layout, path, name.split("-", 2)[-1], str(exc))
+    def _turn(self, key: str, sender: Sender, content: str, target: str | None) -> bool:
+        """Start the API call for one turn (a summarization first, when one is due)."""
+        if self.api is None or not self.backoff.ready(self._now):
+            return True
+        if self._summarize():
+            return True
+        if not self._begin(key):
             return False
-        return self._turn(name, envelope.session_id, envelope.content, envelope.session_id)
-
-    def _turn(self, key: str, source: str, content: str, target: str | None) -> bool:
-        """Start the API call for one turn (a summarization first, when one is due).
-        Returns True: the item is in hand, or must wait for the API."""
-        if not self._api_ready():
+        stashed = self._stashed(key)
+        user = conv.user_text(sender, content)
+        call = Call("turn", key, sender, user, target, [], [])
+        if stashed is not None:
+            # Answered before a crash that came before the record: no second paid call.
+            log.info("%s was answered before the restart; recording that answer", key)
+            self.unrecorded = Answered(call, *stashed)
+            self._record()
             return True
-        if self._needs_summary():
-            self._start_summary()
-            return True
-        user = conv.user_text(source, content)
         system = conv.render_system(self.config.system_prompt)
         messages = conv.render_messages(self.records, user)
-        self._start(Call("turn", key, source, user, target, system, messages))
+        self._start(Call("turn", key, sender, user, target, system, messages))
         return True
 
     # ---- API calls ----------------------------------------------------------------------
@@ -265,10 +333,6 @@ class Engine:
     def wait_inflight(self, timeout: float) -> None:
         self.caller.wait(timeout)
 
-    @property
-    def busy(self) -> bool:
-        return self.caller.busy or self._unrecorded is not None
-
     def _finish_call(self, call: Call, future: concurrent.futures.Future[ApiReply]) -> None:
         try:
             reply = future.result()
@@ -279,75 +343,82 @@ class Engine:
             log.exception("unexpected error from the API call")
             self._api_failed(call, ApiError(f"unexpected error: {exc}", transient=True))
             return
-        self.failures, self.retry_at, self.blocked_reason = 0, 0.0, None
-        try:
-            cost = self._account(call, reply)
-        except OSError as exc:  # the ledger is accounting: a full disk must not stop work
-            log.error("cannot write the cost ledger: %s", exc)
-            cost = 0.0
-        self._unrecorded = (call, reply, cost)
+        self.backoff = self.backoff.succeeded()
+        cost = self.accounts.charge(call.kind, call.key, call.sender, reply)
+        if call.kind == "turn":
+            self._stash(call.key, reply, cost)
+        self.unrecorded = Answered(call, reply, cost)
         self._record()
 
     def _record(self) -> None:
         """Record the answered call; on a write error (a full disk) keep the reply in memory
         and retry, rather than crash and pay for the same call again after a restart."""
-        assert self._unrecorded is not None
-        call, reply, cost = self._unrecorded
+        assert self.unrecorded is not None
+        answered = self.unrecorded
+        call = answered.call
         try:
-            if call.kind == "summary":
-                self._summarized(reply, cost)
-            elif self.records and self.records[-1].get("key") == call.key:
-                self._after_turn(call.key, self.records[-1])  # recorded; finish the rest
+            if call.plan is not None:
+                self._summarized(call.plan, answered.reply, answered.cost)
+            elif call.key in self.recorded:
+                self._after_turn(call.key, self.recorded[call.key])  # recorded; finish the rest
             else:
-                self._turn_done(call, reply, cost)
+                self._turn_done(answered)
         except OSError as exc:
-            self.last_error = f"cannot record the reply to {call.key}: {exc}"
-            self.retry_at = self.monotonic() + WRITE_RETRY_S
-            event(
-                log,
-                "write_error",
-                "%s; retrying in %ds (the reply is kept in memory)",
-                self.last_error,
-                WRITE_RETRY_S,
-                envelope=call.key,
-                level=logging.ERROR,
-            )
+            self._write_failed(f"cannot record the reply to {call.key}", exc)
             return
-        self._unrecorded = None
-        if self.last_error and self.last_error.startswith("cannot record"):
+        except Exception as exc:
+            self.unrecorded = None
+            log.exception("error recording the reply to %s", call.key)
+            if call.plan is None:
+                self._refuse(call.key, f"relay failed recording its reply ({type(exc).__name__})")
+            else:
+                self.summary_stuck_at = self.state.next_seq
+            return
+        self.unrecorded = None
+        if self.last_error and self.last_error.startswith("cannot "):
             self.last_error = None
+
+    def _write_failed(self, what: str, exc: OSError) -> None:
+        self.last_error = f"{what}: {exc}"
+        self.write_retry_at = self.monotonic() + WRITE_RETRY_S
+        event(
+            log,
+            "write_error",
+            "%s; retrying in %ds (nothing is lost)",
+            self.last_error,
+            WRITE_RETRY_S,
+            level=logging.ERROR,
+        )
 
     def _api_failed(self, call: Call, exc: ApiError) -> None:
         self.last_error = exc.message
+        who = call.sender.session
         if exc.transient:
-            self.failures += 1
-            # Our own backoff is the floor: a server asking for `retry-after: 0` (or a few
-            # milliseconds) again and again must not make relay hammer the API.
-            ours = min(2.0 ** (self.failures - 1), MAX_BACKOFF_S) * random.uniform(0.75, 1.0)
-            delay = max(exc.retry_after or 0.0, ours)
-            self.retry_at = self.monotonic() + min(delay, MAX_BACKOFF_S)
+            self.backoff = self.backoff.failed(self.monotonic(), exc.retry_after, random.random())
             event(
                 log,
                 "api_error",
                 "API call for %s failed (%s); retrying in %.1fs",
                 call.key,
                 exc.message,
-                delay,
+                self.backoff.delay(self.monotonic()),
                 envelope=call.key,
-                session=None if call.session == conv.OPERATOR else call.session,
+                session=who,
                 level=logging.WARNING,
             )
             return
-        first = self.blocked_reason is None
-        self.blocked_reason = exc.message
-        self.retry_at = self.monotonic() + BLOCKED_RETRY_S
+        if exc.per_item:
+            self._refused_by_api(call, exc)
+            return
+        first = self.backoff.blocked is None
+        self.backoff = self.backoff.block(self.monotonic(), exc.message)
         event(
             log,
             "api_error",
             "API call for %s refused: %s; blocked, retrying in %ds",
             call.key,
             exc.message,
-            BLOCKED_RETRY_S,
+            300,
             envelope=call.key,
             level=logging.ERROR,
         )
@@ -361,75 +432,144 @@ class Engine:
                 )
             )
 
-    def _account(self, call: Call, reply: ApiReply) -> float:
-        price = price_for(reply.model or self.config.model, self.config.prices) or price_for(
-            self.config.model, self.config.prices
-        )
-        cost = cost_usd(reply.usage, price) if price else 0.0
-        now = utc_now()
-        self.ledger.record(
-            {
-                "ts": iso(now),
-                "kind": call.kind,
-                "key": call.key,
-                "session": call.session,
-                "model": reply.model,
-                "request_id": reply.request_id,
-                "stop_reason": reply.stop_reason,
-                "usage": reply.usage.as_dict(),
-                "cost_usd": cost,
-                "price_known": price is not None,
-            },
-            now.strftime("%Y-%m-%d"),
-        )
-        u = reply.usage
+    def _refused_by_api(self, call: Call, exc: ApiError) -> None:
+        """The API refused this one request as bad: summarize first if it was too long
+        (and that could help), else set the item aside; everything behind it flows."""
         event(
             log,
-            "api_call",
-            "%s %s: in=%d out=%d cache_write=%d cache_read=%d $%.6f",
-            call.kind,
+            "api_error",
+            "API refused the call for %s: %s",
             call.key,
-            u.input_tokens,
-            u.output_tokens,
-            u.cache_write_tokens + u.cache_write_1h_tokens,
-            u.cache_read_tokens,
-            cost,
-            session=None if call.session == conv.OPERATOR else call.session,
+            exc.message,
             envelope=call.key,
-            cost_usd=cost,
+            session=call.sender.session,
+            level=logging.ERROR,
         )
-        return cost
+        if call.plan is not None:
+            self.summary_stuck_at = self.state.next_seq
+            self.notifier.push(
+                Push("relay cannot summarize", f"The API refused it: {exc.message}", "default")
+            )
+            return
+        if exc.context_overflow and self._summarize(force=True):
+            return
+        try:
+            self._refuse(call.key, f"the API refused it: {exc.message}")
+        except OSError as write_exc:
+            self._write_failed(f"cannot set {call.key} aside", write_exc)
 
-    def _turn_done(self, call: Call, reply: ApiReply, cost: float) -> None:
+    # ---- setting aside --------------------------------------------------------------------
+
+    def _refuse(self, key: str, reason: str, *, tell: bool = True) -> bool:
+        """Set one item aside with `reason`: an envelope into queue/.rejected/ under its
+        name, operator input into state/rejected/. With `tell`, the operator gets one push
+        and the session a short dispatch saying its message could not be processed."""
+        item = parse_item(key)
+        origin: str | None = None
+        if item is not None and not item.operator:
+            origin = self._envelope_session(key)
+        target = self.spool.set_aside(key, reason)
+        self.begun.discard(key)
+        event(
+            log,
+            "rejected",
+            "set aside %s: %s",
+            display(target.name),
+            reason,
+            envelope=key,
+            session=origin,
+            level=logging.WARNING,
+        )
+        if tell:
+            where = f"from {origin}" if origin else "from the operator"
+            self.notifier.push(
+                Push(
+                    "relay set a message aside",
+                    f"A message {where} was set aside: {reason}. It is in {target}.",
+                    "default",
+                    ("warning",),
+                )
+            )
+            if origin is not None and origin in self.config.sessions:
+                outbox.enqueue(
+                    self.layout, origin, f"{key}.aside", NOT_PROCESSED.format(reason=reason)
+                )
+        return False
+
+    def _envelope_session(self, key: str) -> str | None:
+        try:
+            raw = json.loads(self.spool.read(key))
+            value = raw.get("session_id") if isinstance(raw, dict) else None
+        except (OSError, ValueError, RecursionError):
+            return None
+        return value if isinstance(value, str) and value in self.config.sessions else None
+
+    # ---- answers ------------------------------------------------------------------------
+
+    def _stash(self, key: str, reply: ApiReply, cost: float) -> None:
+        data = {
+            "text": reply.text,
+            "usage": reply.usage.as_dict(),
+            "model": reply.model,
+            "stop_reason": reply.stop_reason,
+            "request_id": reply.request_id,
+            "cost_usd": cost,
+        }
+        try:
+            encoded = json.dumps(data, ensure_ascii=False).encode("utf-8", "surrogatepass")
+            self.spool.stash_reply(key, encoded)
+        except (OSError, ValueError) as exc:  # kept in memory anyway; only a crash loses it
+            log.warning("cannot keep the reply to %s beside it: %s", key, exc)
+
+    def _stashed(self, key: str) -> tuple[ApiReply, float] | None:
+        raw = self.spool.stashed_reply(key)
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw.decode("utf-8", "surrogatepass"))
+            usage = Usage(**{k: int(v) for k, v in data["usage"].items()})
+            reply = ApiReply(
+                str(data["text"]),
+                usage,
+                str(data["model"]),
+                data.get("stop_reason"),
+                data.get("request_id"),
+            )
+            return reply, float(data.get("cost_usd") or 0.0)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def _turn_done(self, answered: Answered) -> None:
+        call, reply = answered.call, answered.reply
         text = reply.text
         if not text.strip():
             text = f"(chat-Claude sent no text; stop_reason={reply.stop_reason})"
         if reply.stop_reason == "max_tokens":
             log.warning("reply to %s was cut at max_tokens=%d", call.key, self.config.max_tokens)
         needs_jc = conv.has_needs_jc(text, self.config.needs_jc_marker, self.config.needs_jc_window)
-        record = conv.turn_record(
+        turn = Turn(
             seq=self.state.next_seq,
             key=call.key,
-            session=call.session,
+            sender=call.sender,
             user=call.user,
             reply=text,
             target=None if needs_jc else call.target,
             needs_jc=needs_jc,
-            ts=iso(utc_now()),
-            cost_usd=cost,
+            ts=iso(self.wall()),
+            cost_usd=answered.cost,
         )
-        self.history.append(record)
-        self.records.append(record)
-        self.state = conv.apply_turn(self.state, record)
+        self.history.append(turn)
+        self.records.append(turn)
+        self.recorded[turn.key] = turn
+        self.state = conv.apply_turn(self.state, turn)
         if needs_jc:
             self._escalate(call, text)
-        self._after_turn(call.key, record)
+        self._after_turn(call.key, turn)
 
-    def _after_turn(self, key: str, record: history.Record) -> None:
-        target = record.get("target")
-        if target and not record.get("needs_jc"):
-            outbox.enqueue(self.layout, target, key, str(record["reply"]))
-        elif not record.get("needs_jc"):
+    def _after_turn(self, key: str, turn: Turn) -> None:
+        if turn.target and not turn.needs_jc:
+            outbox.enqueue(self.layout, turn.target, key, turn.reply)
+        elif not turn.needs_jc:
             event(
                 log,
                 "undeliverable",
@@ -438,7 +578,8 @@ class Engine:
                 envelope=key,
                 level=logging.WARNING,
             )
-        fsutil.unlink_durable(self.layout.inbox / key)
+        self.spool.finish(key)
+        self.begun.discard(key)
 
     def _escalate(self, call: Call, text: str) -> None:
         origin = self.state.needs_jc_session or "?"
@@ -462,63 +603,46 @@ class Engine:
 
     # ---- summarization ----------------------------------------------------------------
 
-    def _needs_summary(self) -> bool:
-        if conv.history_chars(self.records) <= self.config.history_char_cap:
+    def _summarize(self, force: bool = False) -> bool:
+        """Start the summarization if one is due (with `force`: whenever it can shrink the
+        history); True if it started."""
+        if self.summary_stuck_at == self.state.next_seq:
             return False
-        return self._summary_stuck_at != self.state.next_seq
-
-    def _start_summary(self) -> None:
-        old, keep = conv.split_for_summary(self.records, self.config.keep_recent_turns)
-        if not any(r.get("kind") == "turn" for r in old):
-            # Only the kept turns are left and they alone exceed the cap: nothing to gain.
-            self._summary_stuck_at = self.state.next_seq
-            log.warning(
-                "history is over history_char_cap but the %d recent turns kept "
-                "verbatim alone exceed it; not summarizing",
-                len(keep),
-            )
-            return
-        messages = conv.summary_request(old, self.config.summarization_prompt)
+        cap = 0 if force else self.config.history_char_cap
+        plan = conv.plan_summary(
+            self.records, cap, self.config.keep_recent_turns, self.config.summarization_prompt
+        )
+        if plan is None:
+            if conv.history_chars(self.records) > cap:
+                # Only the kept turns are left and they alone exceed the cap.
+                self.summary_stuck_at = self.state.next_seq
+                log.warning(
+                    "history is over history_char_cap but the %d recent turns kept "
+                    "verbatim alone exceed it; not summarizing",
+                    self.config.keep_recent_turns,
+                )
+            return False
         log.info(
             "summarizing %d turns: the history is %d characters, over history_char_cap=%d",
-            sum(1 for r in old if r.get("kind") == "turn"),
+            plan.covers,
             conv.history_chars(self.records),
             self.config.history_char_cap,
         )
-        self._start(
-            Call(
-                "summary",
-                f"summary-{self.state.next_seq}",
-                "relay",
-                "",
-                None,
-                conv.render_system(self.config.system_prompt),
-                messages,
-            )
-        )
+        system = conv.render_system(self.config.system_prompt)
+        key = f"summary-{self.state.next_seq}"
+        self._start(Call("summary", key, RELAY, "", None, system, plan.messages, plan))
+        return True
 
-    def _summarized(self, reply: ApiReply, cost: float) -> None:
-        old, keep = conv.split_for_summary(self.records, self.config.keep_recent_turns)
-        covers = sum(1 for r in old if r.get("kind") == "turn")
-        first_kept = keep[0]["seq"] if keep else self.state.next_seq
-        summary = {
-            "kind": "summary",
-            "seq": int(first_kept) - 1,
-            "text": reply.text,
-            "ts": iso(utc_now()),
-            "covers_turns": covers,
-            "cost_usd": cost,
-            "state": conv.state_dict(self.state),
-        }
+    def _summarized(self, plan: conv.SummaryPlan, reply: ApiReply, cost: float) -> None:
+        summary = plan.summary(reply.text, iso(self.wall()), cost, self.state)
         before = conv.history_chars(self.records)
-        archived = self.history.replace([summary, *keep])
-        self.records = [summary, *keep]
-        self.state = conv.derive_state(self.records)
+        archived = self.history.replace([summary, *plan.keep])
+        self._load([summary, *plan.keep])
         event(
             log,
             "summarized",
             "summarized %d turns (%d chars → %d); old history in %s",
-            covers,
+            plan.covers,
             before,
             conv.history_chars(self.records),
             archived.name,
@@ -529,11 +653,14 @@ class Engine:
 
     def state_name(self) -> tuple[str, str]:
         if self.api is None:
-            return "blocked", self.key_help
-        if self.blocked_reason:
-            return "blocked", self.blocked_reason
-        if self.retry_at > self.monotonic():
-            return "backoff", f"retrying in {self.retry_at - self.monotonic():.0f}s"
+            return "blocked", self.keys.help
+        if self.backoff.blocked:
+            return "blocked", self.backoff.blocked
+        now = self.monotonic()
+        if not self.backoff.ready(now):
+            return "backoff", f"retrying in {self.backoff.delay(now):.0f}s"
+        if self.write_retry_at > now:
+            return "backoff", f"retrying a failed write in {self.write_retry_at - now:.0f}s"
         if self.state.paused:
             return "needs_jc", f"waiting for the operator (raised by {self.state.needs_jc_session})"
         current = self.caller.current
@@ -541,58 +668,62 @@ class Engine:
             return "running", "idle"
         return "running", "summarizing the history" if current.kind == "summary" else "busy"
 
-    def status(self, final_state: str | None = None) -> dict[str, Any]:
+    def snapshot(self, final_state: str | None = None) -> Status:
+        """Everything status.json and STATUS= say, read once."""
         name, detail = self.state_name()
-        self.ledger.totals.roll(self._today())
-        pending = {s: len(outbox.pending(self.layout, s)) for s in self.config.sessions}
-        return {
-            "state": final_state or name,
-            "state_detail": detail,
-            "last_dispatch_session": self.last_dispatch_session,
-            "last_needs_jc_text": self.state.needs_jc_text,
-            "needs_jc_session": self.state.needs_jc_session if self.state.paused else None,
-            "history_turns": self.state.turns,
-            "history_chars": conv.history_chars(self.records),
-            "pending": pending,
-            "awaiting_pickup": [
-                s for s in self.config.sessions if self.layout.input_file(s).exists()
-            ],
-            "inbox": len(self.inbox_items()),
-            "last_error": self.last_error,
-            "cost_today_usd": round(self.ledger.totals.today_usd, 6),
-            "calls_today": self.ledger.totals.calls_today,
-            "api_key": self.api is not None,
-            "api_key_help": self.key_help or None,
-            "model": self.config.model,
-            "pid": os.getpid(),
-            "updated_at": iso(utc_now()),
-        }
+        sessions = self.config.sessions
+        return Status(
+            state=final_state or name,
+            state_detail=detail,
+            last_dispatch_session=self.last_dispatch_session,
+            last_needs_jc_text=self.state.needs_jc_text,
+            needs_jc_session=self.state.needs_jc_session if self.state.paused else None,
+            history_turns=self.state.turns,
+            history_chars=conv.history_chars(self.records),
+            pending={s: len(outbox.pending(self.layout, s)) for s in sessions},
+            awaiting_pickup=[s for s in sessions if self.layout.input_file(s).exists()],
+            inbox=len(self.spool.items()),
+            last_error=self.last_error,
+            cost_today_usd=self.accounts.today_usd,
+            calls_today=self.accounts.calls_today,
+            api_key=self.api is not None,
+            api_key_help=self.keys.help or None,
+            model=self.config.model,
+            pid=os.getpid(),
+            updated_at=iso(self.wall()),
+        )
 
-    def write_status(self, final_state: str | None = None, force: bool = False) -> dict[str, Any]:
-        current = self.status(final_state)
+    def status_line(self) -> str:
+        """The latest tick's snapshot as one line (a fresh one before the first tick)."""
+        return (self.last_snapshot or self.snapshot()).line()
+
+    def status(self, final_state: str | None = None) -> dict[str, Any]:
+        return self.snapshot(final_state).to_json()
+
+    def write_status(self, snapshot: Status, force: bool = False) -> None:
+        current = snapshot.to_json()
         comparable = {k: v for k, v in current.items() if k != "updated_at"}
-        stale = self.monotonic() - self._status_time > 30.0
-        if force or stale or comparable != self._status_written:
+        since = self.monotonic() - self._status_time
+        # A failed write (a full disk) is tried again only every few seconds: the loop must
+        # not spin on it, and the write's own temp file would wake the loop again.
+        due = since > (STATUS_RETRY_S if self._status_failed else STATUS_REFRESH_S)
+        if force or due or (comparable != self._status_written and not self._status_failed):
+            self._status_time = self.monotonic()
             try:
                 status_file.write(self.layout.status, current)
             except OSError as exc:  # a report: never worth stopping work for
-                log.warning("cannot write %s: %s", self.layout.status, exc)
-                return current
+                if not self._status_failed:
+                    log.warning("cannot write %s: %s", self.layout.status, exc)
+                self._status_failed = True
+                return
+            self._status_failed = False
             self._status_written = comparable
-            self._status_time = self.monotonic()
-        return current
 
-    def status_line(self) -> str:
-        name, detail = self.state_name()
-        pending = sum(len(outbox.pending(self.layout, s)) for s in self.config.sessions)
-        return (
-            f"{name} ({detail}); inbox {len(self.inbox_items())}, pending {pending}; "
-            f"${self.ledger.totals.today_usd:.4f} today"
-        )
-
-    def _today(self) -> str:
-        return utc_now().strftime("%Y-%m-%d")
-
-    def close(self) -> None:
+    def close(self, graceful: bool = False) -> None:
+        """Stop; a graceful stop is not a crash, so it takes back this process's count on
+        the items it began and did not finish."""
         self.caller.close()
         self.history.close()
+        if graceful:
+            for key in self.begun:
+                self.spool.uncount(key)

@@ -34,6 +34,10 @@ def parse_envelope(data: bytes, sessions: Collection[str], max_bytes: int) -> En
         raw: Any = json.loads(text)
     except json.JSONDecodeError as exc:
         raise Rejected(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise Rejected("not usable JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer past the interpreter's digit limit
+        raise Rejected(f"not usable JSON: {exc}"[:200]) from None
     if not isinstance(raw, dict):
         raise Rejected(f"not a JSON object but a {type(raw).__name__}")
     session = raw.get("session_id")
@@ -55,7 +59,22 @@ def parse_envelope(data: bytes, sessions: Collection[str], max_bytes: int) -> En
             raise Rejected(f"id must be a non-empty string, got {_kind(envelope_id)}")
         if len(envelope_id) > MAX_ID_LENGTH:
             raise Rejected(f"id is longer than {MAX_ID_LENGTH} characters")
+    for label, value in (("content", content), ("timestamp", timestamp), ("id", envelope_id)):
+        _encodable(label, value)
     return Envelope(session_id=session, content=content, timestamp=timestamp, id=envelope_id)
+
+
+def _encodable(label: str, value: str | None) -> None:
+    """JSON may escape a lone surrogate ("\\ud800"): valid JSON, but not Unicode text, so
+    it could be neither sent to the API nor written to history."""
+    if value is None:
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise Rejected(
+            f"{label} holds a lone surrogate (\\u{ord(value[exc.start]):04x}), which is not text"
+        ) from None
 
 
 def _kind(value: Any) -> str:

@@ -18,18 +18,16 @@ from typing import Any
 from relay import fsutil
 from relay.errors import StateError
 from relay.layout import PRIVATE_FILE_MODE
+from relay.records import Record, decode_record
 
 log = logging.getLogger(__name__)
 
-Record = dict[str, Any]
 
-
-def encode(record: Record) -> bytes:
+def encode(record: Record | dict[str, Any]) -> bytes:
     # Stable key order keeps re-rendered history byte-identical (prompt-cache friendly).
+    raw = record if isinstance(record, dict) else record.to_json()
     return (
-        json.dumps(record, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode(
-            "utf-8"
-        )
+        json.dumps(raw, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
         + b"\n"
     )
 
@@ -54,10 +52,8 @@ def load(path: Path) -> list[Record]:
         try:
             if newline < 0:
                 raise ValueError("no newline")
-            record = json.loads(line)
-            if not isinstance(record, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
+            record = decode_record(json.loads(line))
+        except (ValueError, RecursionError) as exc:
             if end < len(data):
                 raise StateError(
                     f"{path}: record at byte {offset} is damaged ({exc}); "

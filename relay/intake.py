@@ -4,43 +4,31 @@ This is what the short-lived path-activated handlers run, so it must start fast:
 imports `anthropic`. Each run drains everything and always consumes its trigger, so the
 path units never loop or wedge (docs/architecture.md, promise 4).
 
-A file is first claimed by renaming it into the inbox under a dot-name (writers can no
-longer replace it), then validated, then either renamed to its final inbox name or moved
-to queue/.rejected/ with a reason. Every step is a rename, so a crash at any point leaves
-the file in exactly one place; leftover claims are finished by the next run.
+A file is first claimed by renaming it into the inbox (writers can no longer replace it),
+then validated, then either admitted as an inbox item or moved to queue/.rejected/ with a
+reason. The names and moves are the spool's (relay/spool.py); this module decides.
+Nothing a client puts in queue/ stops a run: whatever cannot be read, parsed or moved is
+refused with a reason, and the run goes on.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import logging
 import os
 import stat
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from relay import fsutil
 from relay.config import Config
 from relay.envelope import Envelope, Rejected, parse_envelope
-from relay.layout import (
-    CLIENT_FILE_MODE,
-    PRIVATE_FILE_MODE,
-    PRIVATE_MODE,
-    REJECTED_MODE,
-    Layout,
-)
+from relay.layout import Layout
 from relay.log import event
+from relay.spool import Claim, Refused, Spool, display, file_kind, one_at_a_time, read_client_file
 
 log = logging.getLogger(__name__)
-
-QUEUE_PREFIX = "q-"
-OPERATOR_PREFIX = "j-"  # sorts before "q-": operator input has priority over the queue
-CLAIM_PREFIX = ".claim-"
-JC_CLAIM_PREFIX = f"{CLAIM_PREFIX}jc-"
 
 
 @dataclass
@@ -48,6 +36,8 @@ class IntakeResult:
     accepted: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     ran: bool = True  # False: another intake run held the lock, and this one did nothing
+    # Seconds until a deferred claim (a file still being written) should be looked at again.
+    retry_in: float | None = None
 
 
 def id_marker(layout: Layout, session: str, envelope_id: str) -> Path:
@@ -55,65 +45,21 @@ def id_marker(layout: Layout, session: str, envelope_id: str) -> Path:
     return layout.ids / digest
 
 
-def _queue_entries(layout: Layout) -> list[tuple[int, str]]:
-    entries: list[tuple[int, str]] = []
-    with os.scandir(layout.queue) as it:
-        for entry in it:
-            if entry.name.startswith("."):
-                continue  # writers stage dot-files and rename them into place
-            try:
-                mtime = entry.stat(follow_symlinks=False).st_mtime_ns
-            except FileNotFoundError:
-                continue
-            entries.append((mtime, entry.name))
-    entries.sort()
-    return entries
-
-
-@contextlib.contextmanager
-def _one_at_a_time(lock: Path, wait: bool) -> Iterator[bool]:
-    """Yield True holding `lock`; False at once if `wait` is off and another run holds it.
-
-    A claim that no running intake is settling is a crash's leftover, which the next run
-    finishes. Two runs at once (a manual `relay intake queue` beside the units or
-    `relay run`) would each take the other's claims for leftovers: one at a time, then."""
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
-
-
-def drain_queue(config: Config, layout: Layout, *, wait: bool = True) -> IntakeResult:
+def drain_queue(
+    config: Config, layout: Layout, *, wait: bool = True, final: bool = False
+) -> IntakeResult:
     """Validate every envelope in queue/, oldest by mtime first, until the queue is empty.
 
     `wait`: off for the service's own loop, which must never block: if another intake run
-    is draining, it takes this turn's files as well."""
+    is draining, it takes this turn's files as well. `final`: judge files still being
+    written as they are now, instead of deferring them."""
     layout.ensure_intake()
     result = IntakeResult()
-    with _one_at_a_time(layout.state / "intake-queue.lock", wait) as mine:
+    with one_at_a_time(layout.state / "intake-queue.lock", wait) as mine:
         if mine:
-            _drain_queue_locked(config, layout, result)
+            _Drain(config, layout, result, final=final, blocking=wait).run()
     result.ran = mine
     return result
-
-
-def _drain_queue_locked(config: Config, layout: Layout, result: IntakeResult) -> None:
-    _finish_stale_claims(config, layout, result)
-    # Loop: envelopes that arrive while we work are taken in the same run.
-    while entries := _queue_entries(layout):
-        for mtime, name in entries:
-            claim = layout.inbox / f"{CLAIM_PREFIX}{mtime:020d}-{name}"[:250]
-            try:
-                os.rename(layout.queue / name, claim)
-            except FileNotFoundError:
-                continue
-            _settle(config, layout, claim, name, mtime, result)
 
 
 MAX_RUN_S = 60.0
@@ -127,7 +73,8 @@ def drain_queue_lingering(
     one per file, which protects the unit's start limit without delaying anything.
 
     A run ends after `max_run_s` however busy the queue is (well inside the unit's
-    TimeoutStartSec=); the path unit's re-check starts the next one at once."""
+    TimeoutStartSec=); the path unit's re-check starts the next one at once. A file still
+    being written is waited for inside `drain_queue`, while the others go on."""
     deadline = time.monotonic() + max_run_s
     from inotify_simple import INotify
     from inotify_simple import flags as in_flags
@@ -138,182 +85,201 @@ def drain_queue_lingering(
         # Watch before draining, so nothing that lands in between is missed.
         inotify.add_watch(layout.queue, in_flags.MOVED_TO | in_flags.CLOSE_WRITE)
         while True:
-            result = drain_queue(config, layout)
+            remaining = deadline - time.monotonic()
+            result = drain_queue(config, layout, final=remaining <= 0)
             total.accepted += result.accepted
             total.rejected += result.rejected
-            remaining = deadline - time.monotonic()
             wait_s = min(linger_s, remaining)
             if wait_s <= 0 or not inotify.read(timeout=int(wait_s * 1000)):
                 return total
 
 
-def _finish_stale_claims(config: Config, layout: Layout, result: IntakeResult) -> None:
-    # Operator claims are drain_operator's: under systemd the jc handler runs at the same
-    # time as this one, so a jc claim seen here may be in its hands right now.
-    with os.scandir(layout.inbox) as it:
-        stale = sorted(
-            e.name
-            for e in it
-            if e.name.startswith(CLAIM_PREFIX) and not e.name.startswith(JC_CLAIM_PREFIX)
+# A writer that did not use a temp file + rename may still be writing when we claim the file
+# (it keeps writing into the very inode we renamed). A file that fails to parse is judged
+# once it has been quiet for QUIET_S (for at most MAX_DEFER_S after the claim); until then
+# it is deferred, and every other file goes on meanwhile.
+QUIET_S = 0.5
+MAX_DEFER_S = 30.0
+
+
+class _Drain:
+    def __init__(
+        self, config: Config, layout: Layout, result: IntakeResult, *, final: bool, blocking: bool
+    ) -> None:
+        self.config = config
+        self.layout = layout
+        self.spool = Spool(layout)
+        self.result = result
+        self.final = final
+        self.blocking = blocking
+        self.stuck: set[str] = set()  # entries refused in place (unmovable directories)
+
+    def run(self) -> None:
+        self.spool.drop_orphan_names()
+        while True:
+            for stale in self.spool.stale_claims():
+                self._settle(stale)
+            # Envelopes that arrive while we work are taken in the same run.
+            while entries := [e for e in self.spool.queue_entries() if e[1] not in self.stuck]:
+                for mtime, name in entries:
+                    claim = self._claim(name, mtime)
+                    if claim is not None:
+                        self._settle(claim)
+            waits = [w for c in self.spool.stale_claims() if (w := self._young(c)) is not None]
+            if not waits:
+                return
+            if not self.blocking:
+                self.result.retry_in = min(waits)
+                return
+            time.sleep(min(waits))
+
+    def _claim(self, name: str, mtime: int) -> Claim | None:
+        try:
+            return self.spool.claim(name, mtime)
+        except OSError as exc:
+            # Only what relay may not move is left: a client's directory without write
+            # permission for us (its ".." cannot be updated). Refuse it where it is, once.
+            self.stuck.add(name)
+            try:
+                kind = file_kind(os.lstat(self.layout.queue / name).st_mode)
+            except OSError:
+                return None
+            if self.spool.refused_in_place(name):
+                return None
+            reason = f"not a regular file ({kind} that relay cannot move: {exc.strerror})"
+            self.spool.reject_in_queue(name, reason)
+            self._rejected(name, reason)
+            return None
+
+    def _young(self, claim: Claim) -> float | None:
+        """Seconds to wait before judging `claim` again, or None to judge it now."""
+        if self.final:
+            return None
+        now = time.time()
+        try:
+            st = os.lstat(claim.path)
+        except FileNotFoundError:
+            return None
+        quiet_for = now - st.st_mtime
+        if not stat.S_ISREG(st.st_mode) or now - claim.claimed_at >= MAX_DEFER_S:
+            return None
+        if quiet_for >= QUIET_S:
+            return None
+        return max(0.02, QUIET_S - quiet_for)
+
+    def _settle(self, claim: Claim) -> None:
+        try:
+            envelope = self._parse(claim)
+        except Rejected as exc:
+            if self._young(claim) is not None:
+                return  # deferred: looked at again shortly (run() says when)
+            self._reject(claim, str(exc))
+            return
+        except Exception as exc:  # a parser surprise must cost one file, never the run
+            log.exception("unexpected error validating %s", display(claim.name))
+            self._reject(claim, f"cannot be parsed: {type(exc).__name__}")
+            return
+        key = claim.key
+        marker = id_marker(self.layout, envelope.session_id, envelope.id) if envelope.id else None
+        if marker is not None:
+            if _marked_by_another(marker, key):
+                self._reject(
+                    claim, f"duplicate id {envelope.id!r}: already accepted for this session"
+                )
+                return
+            # The marker names the inbox item it admits and is written first: after a crash
+            # before the admission, the next run finds its own key there and goes on, while
+            # any other envelope with this id (even a `cp -p` copy) is refused.
+            fsutil.atomic_write(marker, key.encode())
+        self.spool.admit(claim)
+        event(
+            log,
+            "accepted",
+            "accepted %s from %s",
+            display(claim.name),
+            envelope.session_id,
+            session=envelope.session_id,
+            envelope=key,
         )
-    for claim_name in stale:
-        stamp, _, name = claim_name.removeprefix(CLAIM_PREFIX).partition("-")
-        mtime = int(stamp) if stamp.isdigit() else 0
-        _settle(config, layout, layout.inbox / claim_name, name, mtime, result)
+        self.result.accepted.append(key)
+
+    def _parse(self, claim: Claim) -> Envelope:
+        try:
+            data = read_client_file(claim.path, self.config.max_envelope_bytes)
+        except Refused as exc:
+            raise Rejected(str(exc)) from None
+        return parse_envelope(data, self.config.sessions, self.config.max_envelope_bytes)
+
+    def _reject(self, claim: Claim, reason: str) -> None:
+        self.spool.reject_claim(claim, reason)
+        self._rejected(claim.name, reason)
+
+    def _rejected(self, name: str, reason: str) -> None:
+        event(
+            log,
+            "rejected",
+            "rejected %s: %s",
+            display(name),
+            reason,
+            envelope=display(name),
+            level=logging.WARNING,
+        )
+        self.result.rejected.append(name)
 
 
-def _marked_by_another(marker: Path, final_name: str) -> bool:
+def _marked_by_another(marker: Path, key: str) -> bool:
     try:
-        return marker.read_text(encoding="utf-8") != final_name
+        return marker.read_text(encoding="utf-8") != key
     except FileNotFoundError:
         return False
 
 
-def _read_claimed(path: Path, limit: int) -> bytes:
-    """Read a claimed file without following symlinks; Rejected if it is not a regular file."""
-    st = os.lstat(path)
-    if not stat.S_ISREG(st.st_mode):
-        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-        raise Rejected(f"not a regular file ({kind}); symlinks are never followed")
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise Rejected("not a regular file")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= limit and (chunk := os.read(fd, 65536)):
-            chunks.append(chunk)
-            size += len(chunk)
-        # The client may not have synced; make the content durable before we own it.
-        os.fsync(fd)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+# ---- the operator ----------------------------------------------------------------------
 
-
-# A writer that did not use a temp file + rename may still be writing when we claim the file
-# (it keeps writing into the very inode we renamed). A file that fails to parse but was
-# modified within YOUNG_S gets until it has been quiet for QUIET_S, at most MAX_WAIT_S.
-YOUNG_S = 2.0
-QUIET_S = 0.25
-MAX_WAIT_S = 2.0
-
-
-def _wait_if_young(path: Path) -> bool:
-    """True if `path` was still young and we waited for it to go quiet."""
-    age = time.time() - os.lstat(path).st_mtime
-    if age >= YOUNG_S:
-        return False
-    deadline = time.monotonic() + MAX_WAIT_S
-    while time.monotonic() < deadline and time.time() - os.lstat(path).st_mtime < QUIET_S:
-        time.sleep(0.02)
-    return True
-
-
-def _parse_claimed(config: Config, claim: Path) -> Envelope:
-    def attempt() -> Envelope:
-        data = _read_claimed(claim, config.max_envelope_bytes)
-        return parse_envelope(data, config.sessions, config.max_envelope_bytes)
-
-    try:
-        return attempt()
-    except Rejected:
-        if not stat.S_ISREG(os.lstat(claim).st_mode) or not _wait_if_young(claim):
-            raise
-        return attempt()
-
-
-def _settle(
-    config: Config, layout: Layout, claim: Path, name: str, mtime: int, result: IntakeResult
-) -> None:
-    final = layout.inbox / f"{QUEUE_PREFIX}{mtime:020d}-{name}"[:250]
-    try:
-        envelope = _parse_claimed(config, claim)
-        marker = id_marker(layout, envelope.session_id, envelope.id) if envelope.id else None
-        if marker is not None and _marked_by_another(marker, final.name):
-            raise Rejected(f"duplicate id {envelope.id!r}: already accepted for this session")
-    except Rejected as exc:
-        reject(layout, claim, name, str(exc))
-        result.rejected.append(name)
-        return
-    if marker is not None:
-        # The marker names the inbox item it admits and is written first: after a crash
-        # before the rename, the next run finds its own name there and goes on, while any
-        # other envelope with this id is refused.
-        fsutil.atomic_write(marker, final.name.encode())
-    fsutil.durable_rename(claim, final)
-    event(
-        log,
-        "accepted",
-        "accepted %s from %s",
-        name,
-        envelope.session_id,
-        session=envelope.session_id,
-        envelope=final.name,
-    )
-    result.accepted.append(final.name)
-
-
-def reject(layout: Layout, source: Path, name: str, reason: str, *, private: bool = False) -> Path:
-    """Move `source` to queue/.rejected/ under `name` (made unique) with NAME.reason beside it.
-
-    `private`: the operator's input, which may say things clients must not read, goes to
-    state/rejected/ instead, readable by relay (and root) only."""
-    where = layout.operator_rejected if private else layout.rejected
-    fsutil.makedirs(where, PRIVATE_MODE if private else REJECTED_MODE)
-    file_mode = PRIVATE_FILE_MODE if private else CLIENT_FILE_MODE
-    target = where / name
-    counter = 1
-    while (
-        target.exists() or target.is_symlink() or target.with_name(f"{target.name}.reason").exists()
-    ):
-        target = where / f"{name}.{counter}"
-        counter += 1
-    line = reason.replace("\n", " ").strip() + "\n"
-    fsutil.atomic_write(target.with_name(f"{target.name}.reason"), line.encode(), file_mode)
-    with contextlib.suppress(OSError):
-        if not source.is_symlink():
-            os.chmod(source, file_mode)
-    fsutil.durable_rename(source, target)
-    event(log, "rejected", "rejected %s: %s", name, reason, envelope=name, level=logging.WARNING)
-    return target
+OPERATOR_MAX_BYTES = 1024 * 1024
+OPERATOR_YOUNG_S = 2.0
 
 
 def drain_operator(layout: Layout, *, wait: bool = True) -> IntakeResult:
     """Move state/jc_input.txt into the inbox with priority. Always consumes the file."""
     layout.ensure_intake()
     result = IntakeResult()
-    with _one_at_a_time(layout.state / "intake-jc.lock", wait) as mine:
+    with one_at_a_time(layout.state / "intake-jc.lock", wait) as mine:
         if mine:
-            _drain_operator_locked(layout, result)
+            spool = Spool(layout)
+            for stale in spool.operator_claims():
+                _settle_operator(spool, stale, result)
+            # The operator may write again while we work; keep going until it stays away.
+            while os.path.lexists(layout.jc_input):
+                claim = spool.claim_operator()
+                if claim is None:
+                    break
+                _settle_operator(spool, claim, result)
     result.ran = mine
     return result
 
 
-def _drain_operator_locked(layout: Layout, result: IntakeResult) -> None:
-    with os.scandir(layout.inbox) as it:
-        stale = sorted(e.name for e in it if e.name.startswith(JC_CLAIM_PREFIX))
-    for name in stale:
-        _settle_operator(layout, layout.inbox / name, result)
-    # The operator may write again while we work; keep going until the file stays away.
-    while layout.jc_input.exists() or layout.jc_input.is_symlink():
-        claim = layout.inbox / f"{JC_CLAIM_PREFIX}{time.time_ns():020d}"
-        try:
-            os.rename(layout.jc_input, claim)
-        except FileNotFoundError:
-            break
-        _settle_operator(layout, claim, result)
-
-
-OPERATOR_MAX_BYTES = 1024 * 1024
-
-
 def _read_operator(claim: Path) -> bytes:
     """The operator's input, whole: past the limit it is refused, never cut short."""
-    data = _read_claimed(claim, OPERATOR_MAX_BYTES)
+    try:
+        data = read_client_file(claim, OPERATOR_MAX_BYTES)
+    except Refused as exc:
+        raise Rejected(str(exc)) from None
     if len(data) > OPERATOR_MAX_BYTES:
         raise Rejected(f"too large: over {OPERATOR_MAX_BYTES} bytes")
     return data
+
+
+def _wait_if_young(path: Path) -> bool:
+    """True if `path` was still young and we waited (at most 2 s) for it to go quiet. The
+    operator writes one file at a time, so waiting here stalls no one else."""
+    age = time.time() - os.lstat(path).st_mtime
+    if age >= OPERATOR_YOUNG_S:
+        return False
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and time.time() - os.lstat(path).st_mtime < QUIET_S:
+        time.sleep(0.02)
+    return True
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -324,27 +290,39 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
-def _settle_operator(layout: Layout, claim: Path, result: IntakeResult) -> None:
-    stamp = claim.name.removeprefix(JC_CLAIM_PREFIX)
-    name = f"jc_input-{stamp}.txt"
+def _settle_operator(spool: Spool, claim: Path, result: IntakeResult) -> None:
+    key = spool.operator_claim_key(claim)
     try:
         data = _read_operator(claim)
         if (not data.strip() or not _is_utf8(data)) and _wait_if_young(claim):
             data = _read_operator(claim)  # an `echo > jc_input.txt` in progress
         text = data.decode("utf-8")
     except Rejected as exc:
-        reject(layout, claim, name, str(exc), private=True)
-        result.rejected.append(name)
+        _reject_operator(spool, claim, key, str(exc), result)
         return
     except UnicodeDecodeError as exc:
-        reject(layout, claim, name, f"not valid UTF-8 (byte {exc.start})", private=True)
-        result.rejected.append(name)
+        _reject_operator(spool, claim, key, f"not valid UTF-8 (byte {exc.start})", result)
         return
     if not text.strip():
         fsutil.unlink_durable(claim)
         event(log, "ignored", "operator input was empty; ignored", level=logging.WARNING)
         return
-    final = layout.inbox / f"{OPERATOR_PREFIX}{stamp}.txt"
-    fsutil.durable_rename(claim, final)
-    event(log, "operator_input", "operator input accepted", envelope=final.name)
-    result.accepted.append(final.name)
+    spool.admit_operator(claim)
+    event(log, "operator_input", "operator input accepted", envelope=key)
+    result.accepted.append(key)
+
+
+def _reject_operator(
+    spool: Spool, claim: Path, key: str, reason: str, result: IntakeResult
+) -> None:
+    target = spool.reject_operator(claim, key, reason)
+    event(
+        log,
+        "rejected",
+        "rejected operator input %s: %s",
+        target.name,
+        reason,
+        envelope=target.name,
+        level=logging.WARNING,
+    )
+    result.rejected.append(target.name)

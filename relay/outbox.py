@@ -1,14 +1,14 @@
 """Dispatch: per-session FIFO of replies and their delivery to dispatch/<session>/input.txt.
 
-A pending reply is a file in dispatch/<session>/.pending/ named by its sequence number and
-key. Delivering it is one rename to input.txt, done only while input.txt is absent, so a
-reply is pending or delivered and never both, even across SIGKILL (invariant 2). Only the
-conversation process writes here, under its lock, so "absent, then rename" cannot race.
+A pending reply is a file in dispatch/<session>/.pending/ (named by the spool: sequence
+number, the key's digest, the key). Delivering it is one rename to input.txt, done only
+while input.txt is absent, so a reply is pending or delivered and never both, even across
+SIGKILL (invariant 2). Only the conversation process writes here, under its lock, so
+"absent, then rename" cannot race.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -16,27 +16,14 @@ from pathlib import Path
 from relay import fsutil
 from relay.layout import CLIENT_FILE_MODE, PRIVATE_MODE, Layout
 from relay.log import event
+from relay.spool import key_digest, pending_digest, pending_key_hint, pending_name, pending_seq
 
 log = logging.getLogger(__name__)
 
 
-def key_digest(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]
-
-
-def pending_name(seq: int, key: str) -> str:
-    # The digest identifies the key exactly (names are cut to fit NAME_MAX, and one key can
-    # end with another); the readable tail is only for people looking at the directory.
-    return f"{seq:012d}-{key_digest(key)}-{key[:180]}.txt"
-
-
-def key_of(name: str) -> str:
-    return name[34:-4]
-
-
 def _named(names: list[str], key: str) -> str | None:
     digest = key_digest(key)
-    return next((name for name in names if name[13:33] == digest), None)
+    return next((name for name in names if pending_digest(name) == digest), None)
 
 
 def find_pending(layout: Layout, session: str, key: str) -> Path | None:
@@ -55,9 +42,10 @@ def enqueue(layout: Layout, session: str, key: str, text: str) -> Path:
     if existing is not None:
         return layout.pending_dir(session) / existing
     fsutil.makedirs(layout.pending_dir(session), PRIVATE_MODE)
-    seq = int(names[-1][:12]) + 1 if names else 1
+    seq = pending_seq(names[-1]) + 1 if names else 1
     path = layout.pending_dir(session) / pending_name(seq, key)
-    fsutil.atomic_write(path, text.encode("utf-8"), CLIENT_FILE_MODE)
+    # A reply may carry a lone surrogate chat-Claude echoed back; keep it, escaped.
+    fsutil.atomic_write(path, text.encode("utf-8", "backslashreplace"), CLIENT_FILE_MODE)
     return path
 
 
@@ -66,7 +54,9 @@ def pending(layout: Layout, session: str) -> list[str]:
         names = os.listdir(layout.pending_dir(session))
     except FileNotFoundError:
         return []
-    return sorted(n for n in names if n.endswith(".txt") and not n.startswith("."))
+    return sorted(
+        n for n in names if n.endswith(".txt") and not n.startswith(".") and n[:12].isdigit()
+    )
 
 
 def deliver(layout: Layout, session: str) -> str | None:
@@ -75,7 +65,7 @@ def deliver(layout: Layout, session: str) -> str | None:
     Returns the delivered file's name, or None when nothing moved.
     """
     target = layout.input_file(session)
-    if target.exists() or target.is_symlink():
+    if os.path.lexists(target):
         return None
     names = pending(layout, session)
     if not names:
@@ -84,7 +74,7 @@ def deliver(layout: Layout, session: str) -> str | None:
     os.rename(source, target)
     fsutil.fsync_dir(target.parent)
     fsutil.fsync_dir(source.parent)
-    key = key_of(names[0])
+    key = pending_key_hint(names[0])
     event(
         log, "dispatched", "dispatched reply %s to %s", key, session, session=session, envelope=key
     )

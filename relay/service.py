@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 5.0
 INTAKE_RETRY_S = 0.5
+INTAKE_ERROR_RETRY_S = 10.0
 
 
 def real_api(key: str, config: Config) -> MessagesApi:
@@ -84,19 +85,38 @@ class Service:
         self.stopping = True
         self.engine.caller.wake()
 
-    def _watch(self) -> INotify:
+    def _watch(self) -> tuple[INotify, dict[int, str]]:
+        """The inotify watches, and for each watch the one name that matters in it ("" for
+        any name not starting with a dot). Events relay causes itself (its temp files,
+        status.json, the spool's dot-files) must not wake the loop, or a write that keeps
+        failing would keep it spinning."""
         inotify = INotify()
         arrive = in_flags.MOVED_TO | in_flags.CLOSE_WRITE | in_flags.CREATE
-        inotify.add_watch(self.layout.inbox, arrive)
+        names = {inotify.add_watch(self.layout.inbox, arrive): ""}
         for session in self.config.sessions:
-            inotify.add_watch(
+            wd = inotify.add_watch(
                 self.layout.session_dir(session), in_flags.DELETE | in_flags.MOVED_FROM
             )
+            names[wd] = "input.txt"
         if self.with_intake:
-            inotify.add_watch(self.layout.queue, arrive | in_flags.ATTRIB)
+            names[inotify.add_watch(self.layout.queue, arrive | in_flags.ATTRIB)] = ""
             # `relay reply` links jc_input.txt into place (IN_CREATE); editors rename it.
-            inotify.add_watch(self.layout.state, arrive)
-        return inotify
+            names[inotify.add_watch(self.layout.state, arrive)] = self.layout.jc_input.name
+        return inotify, names
+
+    @staticmethod
+    def _relevant(inotify: INotify, names: dict[int, str]) -> bool:
+        relevant = False
+        with contextlib.suppress(BlockingIOError):
+            for ev in inotify.read(timeout=0):
+                wanted = names.get(ev.wd)
+                if wanted is None or ev.mask & in_flags.Q_OVERFLOW:
+                    relevant = True  # an overflow may hide anything: look
+                elif wanted:
+                    relevant |= ev.name == wanted
+                else:
+                    relevant |= not ev.name.startswith(".")
+        return relevant
 
     def run(self) -> int:
         with exclusive_lock(self.layout):
@@ -110,53 +130,73 @@ class Service:
         engine.recover()
         if self.with_intake:
             self._intake()
-        inotify = self._watch()
+        inotify, names = self._watch()
         poller = select.poll()
         poller.register(inotify.fd, select.POLLIN)
         poller.register(engine.caller.wake_fd, select.POLLIN)
-        self.sd.ready(engine.status_line())
-        log.info("relay %s: %s", "run" if self.with_intake else "serve", engine.status_line())
+        engine.last_snapshot = engine.snapshot()
+        self.sd.ready(engine.last_snapshot.line())
+        log.info(
+            "relay %s: %s", "run" if self.with_intake else "serve", engine.last_snapshot.line()
+        )
         interval = self.sd.watchdog_interval_s
         last_ping = time.monotonic()
         last_status = ""
         try:
             while not self.stopping:
-                skipped = self.with_intake and not self._intake()
+                retry_in = self._intake() if self.with_intake else None
                 timeout = engine.tick()
-                if skipped:  # another intake run held the queue: look again shortly
-                    timeout = min(timeout, INTAKE_RETRY_S)
-                now = time.monotonic()
+                if retry_in is not None:
+                    timeout = min(timeout, retry_in)
                 if interval is not None:
-                    # From the main loop itself: a wedged loop stops the pings.
-                    if now - last_ping >= interval * 0.5:
-                        self.sd.watchdog()
-                        last_ping = now
                     timeout = min(timeout, interval * 0.5)
                 line = engine.status_line()
                 if line != last_status:
                     self.sd.status(line)
                     last_status = line
-                if poller.poll(math.ceil(timeout * 1000)):  # never wake just before a deadline
-                    with contextlib.suppress(BlockingIOError):
-                        inotify.read(timeout=0)
+                deadline = time.monotonic() + timeout
+                while not self.stopping:
+                    now = time.monotonic()
+                    if interval is not None and now - last_ping >= interval * 0.5:
+                        # From the main loop itself: a wedged loop stops the pings.
+                        self.sd.watchdog()
+                        last_ping = now
+                    left = deadline - now
+                    if left <= 0:
+                        break
+                    ready = {fd for fd, _ in poller.poll(math.ceil(left * 1000))}
+                    if engine.caller.wake_fd in ready or (
+                        inotify.fd in ready and self._relevant(inotify, names)
+                    ):
+                        break
         finally:
             self.sd.stopping()
             engine.wait_inflight(STOP_GRACE_S)
             if engine.busy:
                 engine.tick(start_new=False)
-            engine.write_status("stopped", force=True)
+            engine.write_status(engine.snapshot("stopped"), force=True)
             self.notifier.close(wait_s=1.0)
-            engine.close()
+            engine.close(graceful=True)
             inotify.close()
             self.sd.close()
         return 0
 
-    def _intake(self) -> bool:
-        """Drain the queue and the operator's input; False if another intake run held
-        either. Never waits: the loop must keep pinging the watchdog."""
-        operator = intake.drain_operator(self.layout, wait=False)
-        queue = intake.drain_queue(self.config, self.layout, wait=False)
-        return operator.ran and queue.ran
+    def _intake(self) -> float | None:
+        """Drain the queue and the operator's input; returns when to look again, if
+        something is left (another intake run held it, a file still being written, a full
+        disk). Never waits, and never stops the loop: the watchdog must keep its pings."""
+        try:
+            operator = intake.drain_operator(self.layout, wait=False)
+            queue = intake.drain_queue(self.config, self.layout, wait=False)
+        except OSError as exc:
+            log.error("intake: %s; trying again in %ds", exc, INTAKE_ERROR_RETRY_S)
+            return INTAKE_ERROR_RETRY_S
+        except Exception:
+            log.exception("intake failed; trying again in %ds", INTAKE_ERROR_RETRY_S)
+            return INTAKE_ERROR_RETRY_S
+        if not (operator.ran and queue.ran):
+            return INTAKE_RETRY_S
+        return queue.retry_in
 
 
 def install_signal_handlers(service: Service) -> None:

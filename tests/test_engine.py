@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from relay import conversation as conv
-from relay import history, intake, outbox
+from relay import history, outbox
 from relay.api import ApiReply
 from relay.config import Config
 from relay.engine import Engine
@@ -19,6 +18,8 @@ from relay.errors import ApiError
 from relay.layout import Layout
 from relay.ntfy import Notifier, Push
 from relay.prices import Usage
+from relay.records import Turn, session
+from relay.spool import envelope_key, operator_file_name, operator_key
 
 
 @dataclass
@@ -84,34 +85,24 @@ def settle(engine: Engine) -> None:
     for _ in range(20):
         engine.tick()
         engine.wait_inflight(5)
-        if not engine.busy and not engine.inbox_items():
+        if not engine.busy and not engine.spool.items():
             engine.tick()
             return
     engine.tick()
 
 
-def put_envelope(layout: Layout, name: str, session: str, content: str) -> str:
-    key = f"q-{1:020d}-{name}"
-    (layout.inbox / key).write_text(json.dumps({"session_id": session, "content": content}))
+def put_envelope(layout: Layout, name: str, sender: str, content: str, serial: int = 1) -> str:
+    """An admitted envelope, as intake leaves it (`name` is the client's file name)."""
+    key = envelope_key(1, serial)
+    (layout.inbox / key).write_text(json.dumps({"session_id": sender, "content": content}))
+    (layout.inbox / f".n-{serial:020d}").write_bytes(f"1\n{name}".encode())
     return key
 
 
-def record_answered(layout: Layout, key: str, session: str, reply: str) -> None:
+def record_answered(layout: Layout, key: str, sender: str, reply: str) -> None:
     """The history a SIGKILL leaves right after the turn for `key` was appended."""
     h = history.HistoryFile(layout.history, layout.archive)
-    h.append(
-        conv.turn_record(
-            seq=1,
-            key=key,
-            session=session,
-            user=f"[from {session}]\nhi",
-            reply=reply,
-            target=session,
-            needs_jc=False,
-            ts="t",
-            cost_usd=0.0,
-        )
-    )
+    h.append(Turn(1, key, session(sender), f"[from {sender}]\nhi", reply, sender, False, "t"))
     h.close()
 
 
@@ -122,8 +113,8 @@ def test_a_turn_is_recorded_and_dispatched(world: tuple[Config, Layout, FakeApi,
     settle(engine)
     assert layout.input_file("session-1").read_text() == "re: [from session-1]\nhello"
     (turn,) = history.load(layout.history)
-    assert turn["key"] == key and turn["target"] == "session-1"
-    assert engine.inbox_items() == []
+    assert isinstance(turn, Turn) and turn.key == key and turn.target == "session-1"
+    assert engine.spool.items() == []
     engine.close()
 
 
@@ -138,7 +129,7 @@ def test_crash_after_recording_does_not_call_the_api_again(
     settle(engine)
     assert api.calls == []
     assert layout.input_file("session-2").read_text() == "answer"
-    assert engine.inbox_items() == []
+    assert engine.spool.items() == []
     engine.close()
 
 
@@ -162,7 +153,7 @@ def test_direct_message_interrupted_before_cleanup_is_sent_once(
 ) -> None:
     config, layout, api, _ = world
     layout.ensure_all(config.sessions)
-    name = f"{intake.OPERATOR_PREFIX}{7:020d}.txt"
+    name = operator_key(7)
     (layout.inbox / name).write_text("@session-1: do it")
     outbox.enqueue(layout, "session-1", name, "do it")  # crash came after this
     engine = make(world)
@@ -207,7 +198,7 @@ def test_refused_call_blocks_notifies_once_and_keeps_the_item(
     clock.now += 301
     settle(engine)
     assert len(api.calls) == 2 and len(notifier.pushes) == 1
-    assert engine.inbox_items() != []
+    assert engine.spool.items() != []
     clock.now += 301
     settle(engine)
     assert layout.input_file("session-1").exists()
@@ -233,7 +224,7 @@ def test_needs_jc_then_operator_answer(world: tuple[Config, Layout, FakeApi, Clo
     assert engine.status()["state"] == "needs_jc"
     assert notifier.pushes[0].priority == "high"
     assert not layout.input_file("session-2").exists()
-    (layout.inbox / f"{intake.OPERATOR_PREFIX}{9:020d}.txt").write_text("A")
+    (layout.inbox / operator_key(9)).write_text("A")
     settle(engine)
     assert layout.input_file("session-2").read_text() == "re: [from operator]\nA"
     assert engine.status()["state"] == "running"
@@ -254,7 +245,7 @@ def test_summary_is_skipped_when_kept_turns_alone_exceed_the_cap(tmp_path: Path)
     )
     engine.recover()
     for i in range(3):
-        put_envelope(engine.layout, f"{i}.json", "session-1", "y" * 600)
+        put_envelope(engine.layout, f"{i}.json", "session-1", "y" * 600, serial=i + 1)
         settle(engine)
         engine.layout.input_file("session-1").unlink()
     # Every call was a turn; none was a summarization of the kept turns.
@@ -273,7 +264,7 @@ def test_full_disk_while_recording_keeps_the_reply_and_never_calls_twice(
     real_append = history.HistoryFile.append
     failures = [OSError(errno.ENOSPC, "No space left on device")] * 2
 
-    def flaky_append(self: history.HistoryFile, record: history.Record) -> None:
+    def flaky_append(self: history.HistoryFile, record: Turn) -> None:
         if failures:
             raise failures.pop()
         real_append(self, record)
@@ -291,7 +282,9 @@ def test_full_disk_while_recording_keeps_the_reply_and_never_calls_twice(
     settle(engine)  # space again
     assert layout.input_file("session-1").read_text() == "re: [from session-1]\nhello"
     assert len(api.calls) == 1  # the answered call was never repeated
-    assert [r["key"] for r in history.load(layout.history)] == [f"q-{1:020d}-a.json"]
+    assert [r.key for r in history.load(layout.history) if isinstance(r, Turn)] == [
+        envelope_key(1, 1)
+    ]
     assert engine.status()["last_error"] is None
     engine.close()
 
@@ -340,7 +333,7 @@ def test_a_direct_message_is_delivered_in_the_same_tick(
 ) -> None:
     _, layout, api, _ = world
     engine = make(world)
-    (layout.inbox / f"{intake.OPERATOR_PREFIX}{3:020d}.txt").write_text("@session-2: now")
+    (layout.inbox / operator_key(3)).write_text("@session-2: now")
     engine.tick()  # no second tick: nothing else would wake the service loop
     assert layout.input_file("session-2").read_text() == "now"
     assert api.calls == []
@@ -376,12 +369,179 @@ def test_a_refused_direct_message_stays_where_clients_cannot_read_it(
 ) -> None:
     _, layout, api, _ = world
     engine = make(world)
-    name = f"{intake.OPERATOR_PREFIX}{5:020d}.txt"
-    (layout.inbox / name).write_text("@session-9: the password is hunter2")
+    key = operator_key(5)
+    (layout.inbox / key).write_text("@session-9: the password is hunter2")
     settle(engine)
     assert api.calls == []
     assert not layout.rejected.exists() or list(layout.rejected.iterdir()) == []
+    name = operator_file_name(key)
     kept = layout.operator_rejected / name
     assert kept.read_text() == "@session-9: the password is hunter2"
     assert "unknown session" in (layout.operator_rejected / f"{name}.reason").read_text()
+    engine.close()
+
+
+def refusal(message: str = "HTTP 400: invalid_request_error: bad request") -> ApiError:
+    return ApiError(message, transient=False, status=400, per_item=True)
+
+
+def test_a_request_the_api_refuses_is_set_aside_and_the_rest_flows(
+    world: tuple[Config, Layout, FakeApi, Clock],
+) -> None:
+    _, layout, api, _ = world
+    api.errors.append(refusal())
+    notifier = FakeNotifier()
+    engine = make(world, notifier)
+    put_envelope(layout, "bad.json", "session-1", "first", serial=1)
+    put_envelope(layout, "good.json", "session-2", "second", serial=2)
+    settle(engine)
+    assert json.loads((layout.rejected / "bad.json").read_text())["content"] == "first"
+    reason = (layout.rejected / "bad.json.reason").read_text()
+    assert reason.startswith("the API refused it: HTTP 400") and reason.count("\n") == 1
+    told = layout.input_file("session-1").read_text()
+    assert told.startswith("relay could not process your message (the API refused it")
+    assert layout.input_file("session-2").read_text() == "re: [from session-2]\nsecond"
+    assert len(api.calls) == 2 and len(notifier.pushes) == 1
+    assert "bad.json" in notifier.pushes[0].message
+    assert engine.spool.items() == [] and engine.status()["state"] == "running"
+    engine.close()
+
+
+def test_a_context_overflow_is_summarized_first(tmp_path: Path) -> None:
+    config = Config(sessions=("session-1",), data_dir=tmp_path / "d", keep_recent_turns=1)
+    api = FakeApi()
+    engine = Engine(
+        config,
+        Layout(config.data_dir),
+        lambda k, c: api,
+        FakeNotifier(),
+        {"ANTHROPIC_API_KEY": "k"},
+    )
+    engine.recover()
+    for i in range(2):
+        put_envelope(engine.layout, f"{i}.json", "session-1", f"turn {i}", serial=i + 1)
+        settle(engine)
+        engine.layout.input_file("session-1").unlink()
+    api.errors.append(
+        ApiError("prompt is too long", transient=False, per_item=True, context_overflow=True)
+    )
+    put_envelope(engine.layout, "big.json", "session-1", "turn 2", serial=3)
+    settle(engine)
+    # The refused call, then a summarization, then the same turn again: it fits now.
+    assert len(api.calls) == 5
+    assert "[from relay]" in json.dumps(api.calls[3][-1])
+    assert engine.layout.input_file("session-1").read_text() == "re: [from session-1]\nturn 2"
+    assert [type(r).__name__ for r in history.load(engine.layout.history)] == [
+        "Summary",
+        "Turn",
+        "Turn",
+    ]
+    engine.close()
+
+
+def test_an_item_that_keeps_killing_relay_is_set_aside_without_a_call(
+    world: tuple[Config, Layout, FakeApi, Clock],
+) -> None:
+    from relay.engine import MAX_TRIES
+
+    config, layout, api, _ = world
+    layout.ensure_all(config.sessions)
+    put_envelope(layout, "deadly.json", "session-1", "x", serial=1)
+    # MAX_TRIES processes began it and none finished: each was killed.
+    (layout.inbox / f".t-{1:020d}").write_text(f"{MAX_TRIES}\n")
+    put_envelope(layout, "next.json", "session-2", "y", serial=2)
+    engine = make(world)
+    settle(engine)
+    assert (layout.rejected / "deadly.json").exists()
+    assert (
+        f"relay stopped {MAX_TRIES} times" in (layout.rejected / "deadly.json.reason").read_text()
+    )
+    assert [c[-1]["content"][-1]["text"] for c in api.calls] == ["[from session-2]\ny"]
+    assert sorted(p.name for p in layout.inbox.iterdir()) == []
+    engine.close()
+
+
+def test_a_crash_counts_once_per_process_and_a_clean_stop_takes_it_back(
+    world: tuple[Config, Layout, FakeApi, Clock],
+) -> None:
+    _, layout, api, clock = world
+    api.errors += [ApiError("HTTP 529: overloaded", transient=True, retry_after=1)] * 3
+    engine = make(world)
+    put_envelope(layout, "a.json", "session-1", "x")
+    tries = layout.inbox / f".t-{1:020d}"
+    for _ in range(3):  # three failed calls in one process: one count
+        settle(engine)
+        clock.now += 10
+    assert tries.read_text() == "1\n"
+    engine.close(graceful=True)
+    assert not tries.exists()
+
+
+def test_a_reply_answered_before_a_crash_is_recorded_without_a_second_call(
+    world: tuple[Config, Layout, FakeApi, Clock],
+) -> None:
+    config, layout, api, _ = world
+    layout.ensure_all(config.sessions)
+    put_envelope(layout, "a.json", "session-1", "x")
+    stash = {"text": "kept", "usage": {"input_tokens": 3}, "model": "m", "cost_usd": 0.5}
+    (layout.inbox / f".r-{1:020d}").write_text(json.dumps(stash))
+    engine = make(world)
+    settle(engine)
+    assert api.calls == []
+    assert layout.input_file("session-1").read_text() == "kept"
+    (turn,) = history.load(layout.history)
+    assert isinstance(turn, Turn) and turn.reply == "kept" and turn.cost_usd == 0.5
+    assert sorted(p.name for p in layout.inbox.iterdir()) == []
+    engine.close()
+
+
+def test_an_error_handling_one_item_sets_it_aside_and_the_rest_flows(
+    world: tuple[Config, Layout, FakeApi, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import relay.envelope
+
+    _, layout, _api, _ = world
+    real = relay.envelope.parse_envelope
+
+    def fragile(data: bytes, *args: Any) -> Any:
+        if b"poison" in data:
+            raise RuntimeError("boom")
+        return real(data, *args)
+
+    monkeypatch.setattr(relay.envelope, "parse_envelope", fragile)
+    engine = make(world)
+    put_envelope(layout, "poison.json", "session-1", "poison", serial=1)
+    put_envelope(layout, "fine.json", "session-2", "fine", serial=2)
+    settle(engine)
+    assert "RuntimeError: boom" in (layout.rejected / "poison.json.reason").read_text()
+    assert layout.input_file("session-2").read_text() == "re: [from session-2]\nfine"
+    assert layout.input_file("session-1").read_text().startswith("relay could not process")
+    engine.close()
+
+
+def test_a_full_disk_on_a_direct_message_waits_and_sends_it_once(
+    world: tuple[Config, Layout, FakeApi, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    _, layout, _api, clock = world
+    engine = make(world)
+    real = outbox.enqueue
+    full = [True]
+
+    def enqueue(*args: Any) -> Any:
+        if full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args)
+
+    monkeypatch.setattr(outbox, "enqueue", enqueue)
+    (layout.inbox / operator_key(4)).write_text("@session-1: go")
+    assert engine.tick() <= 10.0
+    assert "No space left" in engine.status()["last_error"]
+    assert engine.spool.items() == [operator_key(4)]
+    full[0] = False
+    clock.now += 11
+    settle(engine)
+    assert layout.input_file("session-1").read_text() == "go"
+    assert engine.spool.items() == []
     engine.close()

@@ -12,6 +12,7 @@ import pytest
 from relay import intake
 from relay.config import Config
 from relay.layout import Layout
+from relay.spool import LEGACY_CLAIM, LEGACY_JC_CLAIM, OPERATOR, Spool
 
 
 @pytest.fixture
@@ -29,7 +30,13 @@ def envelope(session: str = "session-1", content: str = "hi", **extra: str) -> b
 
 
 def inbox(layout: Layout) -> list[str]:
-    return sorted(p.name for p in layout.inbox.iterdir())
+    """The inbox items (dot-files beside them are the spool's own)."""
+    return Spool(layout).items()
+
+
+def names(layout: Layout, keys: list[str]) -> list[str]:
+    """The client file names the inbox items came from."""
+    return [Spool(layout).client_name(key) for key in keys]
 
 
 def test_accepts_oldest_first_and_leaves_the_queue_empty(setup: tuple[Config, Layout]) -> None:
@@ -38,7 +45,7 @@ def test_accepts_oldest_first_and_leaves_the_queue_empty(setup: tuple[Config, La
         (layout.queue / name).write_bytes(envelope(content=name))
         os.utime(layout.queue / name, ns=(mtime, mtime))
     result = intake.drain_queue(config, layout)
-    assert [n.rsplit("-", 1)[-1] for n in result.accepted] == ["c.json", "a.json", "b.json"]
+    assert names(layout, result.accepted) == ["c.json", "a.json", "b.json"]
     assert inbox(layout) == sorted(result.accepted)
     assert [p.name for p in layout.queue.iterdir()] == [".rejected"]
 
@@ -113,10 +120,12 @@ def test_duplicate_id_is_rejected_with_a_reason(setup: tuple[Config, Layout]) ->
     assert "duplicate id" in (layout.rejected / "two.json.reason").read_text()
 
 
-def test_a_claim_left_by_a_crash_is_finished(setup: tuple[Config, Layout]) -> None:
+def test_a_claim_left_by_a_crash_of_an_older_release_is_finished(
+    setup: tuple[Config, Layout],
+) -> None:
     config, layout = setup
-    (layout.inbox / f"{intake.CLAIM_PREFIX}{5:020d}-late.json").write_bytes(envelope())
-    (layout.inbox / f"{intake.CLAIM_PREFIX}{6:020d}-bad.json").write_bytes(b"junk")
+    (layout.inbox / f"{LEGACY_CLAIM}{5:020d}-late.json").write_bytes(envelope())
+    (layout.inbox / f"{LEGACY_CLAIM}{6:020d}-bad.json").write_bytes(b"junk")
     result = intake.drain_queue(config, layout)
     assert result.accepted == [f"q-{5:020d}-late.json"]
     assert result.rejected == ["bad.json"]
@@ -129,7 +138,7 @@ def test_operator_input_is_always_consumed(setup: tuple[Config, Layout]) -> None
     result = intake.drain_operator(layout)
     assert not layout.jc_input.exists()
     (name,) = result.accepted
-    assert name.startswith(intake.OPERATOR_PREFIX)
+    assert name.startswith(OPERATOR)
     assert (layout.inbox / name).read_text() == "go ahead"
 
 
@@ -139,7 +148,7 @@ def test_operator_input_sorts_before_queue_entries(setup: tuple[Config, Layout])
     intake.drain_queue(config, layout)
     layout.jc_input.write_text("urgent")
     intake.drain_operator(layout)
-    assert inbox(layout)[0].startswith(intake.OPERATOR_PREFIX)
+    assert inbox(layout)[0].startswith(OPERATOR)
 
 
 @pytest.mark.parametrize(("data", "accepted"), [(b"   \n", 0), (b"\xff\xfe", 0)])
@@ -229,7 +238,7 @@ def test_an_old_broken_file_is_rejected_without_waiting(setup: tuple[Config, Lay
     os.utime(layout.queue / "old.json", (time.time() - 60, time.time() - 60))
     started = time.monotonic()
     assert intake.drain_queue(config, layout).rejected == ["old.json"]
-    assert time.monotonic() - started < intake.YOUNG_S
+    assert time.monotonic() - started < intake.QUIET_S
 
 
 def test_operator_echo_into_jc_input_is_not_lost(setup: tuple[Config, Layout]) -> None:
@@ -259,7 +268,7 @@ def test_queue_intake_leaves_operator_claims_to_the_jc_handler(
 ) -> None:
     config, layout = setup
     # Under systemd the jc handler may be settling this claim at this very moment.
-    claim = layout.inbox / f"{intake.JC_CLAIM_PREFIX}{7:020d}"
+    claim = layout.inbox / f"{LEGACY_JC_CLAIM}{7:020d}"
     claim.write_text("being handled elsewhere")
     assert intake.drain_queue(config, layout).accepted == []
     assert claim.read_text() == "being handled elsewhere"
@@ -271,7 +280,7 @@ def test_a_crash_between_marking_an_id_and_accepting_does_not_reject_it(
     setup: tuple[Config, Layout],
 ) -> None:
     config, layout = setup
-    claim = layout.inbox / f"{intake.CLAIM_PREFIX}{5:020d}-a.json"
+    claim = layout.inbox / f"{LEGACY_CLAIM}{5:020d}-a.json"
     claim.write_bytes(envelope(id="task-9"))
     # The state a crash leaves after the id marker was written, before the rename.
     intake.id_marker(layout, "session-1", "task-9").write_text(f"q-{5:020d}-a.json")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from relay import outbox
+from relay import outbox, spool
 from relay.layout import Layout
 
 SESSION = "session-1"
@@ -29,7 +29,7 @@ def test_enqueue_writes_a_pending_reply(layout: Layout) -> None:
     path = outbox.enqueue(layout, SESSION, "q-1", "reply one")
 
     assert path.parent == layout.pending_dir(SESSION)
-    assert path.name == outbox.pending_name(1, "q-1")
+    assert path.name == spool.pending_name(1, "q-1")
     assert path.name.startswith("000000000001-")
     assert path.name.endswith("-q-1.txt")  # readable for people looking at the directory
     assert path.read_text(encoding="utf-8") == "reply one"
@@ -89,12 +89,12 @@ def test_deliver_moves_exactly_one_file_with_mode_0640(layout: Layout) -> None:
     finally:
         os.umask(old_umask)
 
-    assert name == outbox.pending_name(1, "q-1")
+    assert name == spool.pending_name(1, "q-1")
     target = layout.input_file(SESSION)
     assert target.read_text(encoding="utf-8") == "first"
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
     assert stat.S_ISREG(target.lstat().st_mode)
-    assert outbox.pending(layout, SESSION) == [outbox.pending_name(2, "q-2")]
+    assert outbox.pending(layout, SESSION) == [spool.pending_name(2, "q-2")]
     assert entries(layout.session_dir(SESSION)) == [".pending", "input.txt"]
 
 
@@ -105,7 +105,7 @@ def test_deliver_never_overwrites_an_existing_input(layout: Layout) -> None:
     assert outbox.deliver(layout, SESSION) is None
 
     assert layout.input_file(SESSION).read_text(encoding="utf-8") == "not yet read"
-    assert outbox.pending(layout, SESSION) == [outbox.pending_name(1, "q-1")]
+    assert outbox.pending(layout, SESSION) == [spool.pending_name(1, "q-1")]
 
 
 def test_deliver_does_not_replace_a_symlink(layout: Layout, tmp_path: Path) -> None:
@@ -150,16 +150,16 @@ def test_pending_ignores_temp_and_foreign_files(layout: Layout) -> None:
     outbox.enqueue(layout, SESSION, "q-1", "real")
     (layout.pending_dir(SESSION) / ".000000000009-q-9.txt.123.tmp").write_text("torn")
     (layout.pending_dir(SESSION) / "notes.md").write_text("stray")
-    assert outbox.pending(layout, SESSION) == [outbox.pending_name(1, "q-1")]
+    assert outbox.pending(layout, SESSION) == [spool.pending_name(1, "q-1")]
 
 
 def test_pending_name_is_bounded_and_distinct() -> None:
-    name = outbox.pending_name(7, "k" * 400)
+    name = spool.pending_name(7, "k" * 400)
     assert name.startswith("000000000007-")
     assert name.endswith(".txt")
     assert len(name.encode()) <= 255
     # Keys that share a long prefix still get different names.
-    assert outbox.pending_name(7, "k" * 300 + "a") != outbox.pending_name(7, "k" * 300 + "b")
+    assert spool.pending_name(7, "k" * 300 + "a") != spool.pending_name(7, "k" * 300 + "b")
 
 
 def test_enqueue_is_idempotent_for_a_long_key(layout: Layout) -> None:
@@ -195,4 +195,4 @@ def test_deliver_reports_the_delivered_name(layout: Layout) -> None:
     outbox.enqueue(layout, SESSION, "q-7", "x")
     name = outbox.deliver(layout, SESSION)
     assert name is not None
-    assert outbox.key_of(name) == "q-7"
+    assert spool.pending_key_hint(name) == "q-7"

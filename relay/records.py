@@ -1,0 +1,282 @@
+"""Typed records, one codec each: history turns and summaries, ledger entries, status.
+
+On disk these are JSON objects whose keys are part of the on-disk format (docs/
+architecture.md, "On disk"); in memory they are frozen dataclasses, so `mypy --strict`
+checks every field. Decoding is lenient where older releases wrote less (missing
+optional keys take their defaults) and strict where a wrong value would mislead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from relay.prices import Usage
+
+# ---- senders -----------------------------------------------------------------------------
+
+SenderKind = Literal["session", "operator", "relay"]
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who wrote a turn. A session can never be the operator: the kind says which it is,
+    and session names that would read like one of relay's own are refused by the config."""
+
+    kind: SenderKind
+    session: str | None = None
+
+    @property
+    def wire(self) -> str:
+        """The string stored on disk: the session's name, or "operator" / "relay"."""
+        return self.session if self.session is not None else self.kind
+
+    @staticmethod
+    def from_wire(value: str) -> Sender:
+        if value == "operator":
+            return OPERATOR
+        if value == "relay":
+            return RELAY
+        return Sender("session", value)
+
+
+OPERATOR = Sender("operator")
+RELAY = Sender("relay")
+
+
+def session(name: str) -> Sender:
+    return Sender("session", name)
+
+
+# ---- history -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Carried:
+    """What a summary carries over about where the conversation stood."""
+
+    paused: bool = False
+    needs_jc_session: str | None = None
+    needs_jc_text: str | None = None
+    last_session: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "paused": self.paused,
+            "needs_jc_session": self.needs_jc_session,
+            "needs_jc_text": self.needs_jc_text,
+            "last_session": self.last_session,
+        }
+
+    @staticmethod
+    def from_json(raw: Any) -> Carried:
+        raw = raw if isinstance(raw, dict) else {}
+        return Carried(
+            paused=bool(raw.get("paused")),
+            needs_jc_session=_opt_str(raw, "needs_jc_session"),
+            needs_jc_text=_opt_str(raw, "needs_jc_text"),
+            last_session=_opt_str(raw, "last_session"),
+        )
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One exchange: what was sent to chat-Claude for an inbox item, and its reply."""
+
+    seq: int
+    key: str  # the inbox item's name (docs/architecture.md)
+    sender: Sender
+    user: str  # the user turn as chat-Claude saw it
+    reply: str
+    target: str | None  # the session the reply is dispatched to; None: nobody
+    needs_jc: bool
+    ts: str
+    cost_usd: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "turn",
+            "seq": self.seq,
+            "key": self.key,
+            "session": self.sender.wire,
+            "user": self.user,
+            "reply": self.reply,
+            "target": self.target,
+            "needs_jc": self.needs_jc,
+            "ts": self.ts,
+            "cost_usd": self.cost_usd,
+        }
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Stands for every turn before `seq` + 1, after a summarization."""
+
+    seq: int
+    text: str
+    ts: str
+    covers_turns: int
+    cost_usd: float
+    state: Carried = field(default_factory=Carried)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "summary",
+            "seq": self.seq,
+            "text": self.text,
+            "ts": self.ts,
+            "covers_turns": self.covers_turns,
+            "cost_usd": self.cost_usd,
+            "state": self.state.to_json(),
+        }
+
+
+Record = Turn | Summary
+
+
+def decode_record(raw: Any) -> Record:
+    """A history line's object as a record; ValueError names what is wrong."""
+    if not isinstance(raw, dict):
+        raise ValueError("not an object")
+    kind = raw.get("kind")
+    if kind == "turn":
+        return Turn(
+            seq=_int(raw, "seq"),
+            key=_str(raw, "key"),
+            sender=Sender.from_wire(_str(raw, "session")),
+            user=_str(raw, "user"),
+            reply=_str(raw, "reply"),
+            target=_opt_str(raw, "target"),
+            needs_jc=bool(raw.get("needs_jc")),
+            ts=str(raw.get("ts", "")),
+            cost_usd=_float(raw, "cost_usd"),
+        )
+    if kind == "summary":
+        return Summary(
+            seq=_int(raw, "seq"),
+            text=_str(raw, "text"),
+            ts=str(raw.get("ts", "")),
+            covers_turns=int(raw.get("covers_turns") or 0),
+            cost_usd=_float(raw, "cost_usd"),
+            state=Carried.from_json(raw.get("state")),
+        )
+    raise ValueError(f"unknown record kind {kind!r}")
+
+
+# ---- the ledger --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One API call's usage and estimated cost (state/ledger.jsonl)."""
+
+    ts: str
+    kind: Literal["turn", "summary"]
+    key: str
+    sender: Sender
+    model: str
+    request_id: str | None
+    stop_reason: str | None
+    usage: Usage
+    cost_usd: float
+    price_known: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ts": self.ts,
+            "kind": self.kind,
+            "key": self.key,
+            "session": self.sender.wire,
+            "model": self.model,
+            "request_id": self.request_id,
+            "stop_reason": self.stop_reason,
+            "usage": self.usage.as_dict(),
+            "cost_usd": self.cost_usd,
+            "price_known": self.price_known,
+        }
+
+
+# ---- status ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Status:
+    """One snapshot of the service, taken once per loop: state/status.json and STATUS=."""
+
+    state: str
+    state_detail: str
+    last_dispatch_session: str | None
+    last_needs_jc_text: str | None
+    needs_jc_session: str | None
+    history_turns: int
+    history_chars: int
+    pending: dict[str, int]
+    awaiting_pickup: list[str]
+    inbox: int
+    last_error: str | None
+    cost_today_usd: float
+    calls_today: int
+    api_key: bool
+    api_key_help: str | None
+    model: str
+    pid: int
+    updated_at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "state_detail": self.state_detail,
+            "last_dispatch_session": self.last_dispatch_session,
+            "last_needs_jc_text": self.last_needs_jc_text,
+            "needs_jc_session": self.needs_jc_session,
+            "history_turns": self.history_turns,
+            "history_chars": self.history_chars,
+            "pending": dict(self.pending),
+            "awaiting_pickup": list(self.awaiting_pickup),
+            "inbox": self.inbox,
+            "last_error": self.last_error,
+            "cost_today_usd": round(self.cost_today_usd, 6),
+            "calls_today": self.calls_today,
+            "api_key": self.api_key,
+            "api_key_help": self.api_key_help,
+            "model": self.model,
+            "pid": self.pid,
+            "updated_at": self.updated_at,
+        }
+
+    def line(self) -> str:
+        """The one-line form for systemd's STATUS=."""
+        return (
+            f"{self.state} ({self.state_detail}); inbox {self.inbox}, "
+            f"pending {sum(self.pending.values())}; ${self.cost_today_usd:.4f} today"
+        )
+
+
+# ---- field helpers -----------------------------------------------------------------------
+
+
+def _str(raw: dict[str, Any], key: str) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str):
+        raise ValueError(f"{key} is not a string")
+    return value
+
+
+def _opt_str(raw: dict[str, Any], key: str) -> str | None:
+    value = raw.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _int(raw: dict[str, Any], key: str) -> int:
+    value = raw.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key} is not an integer")
+    return value
+
+
+def _float(raw: dict[str, Any], key: str) -> float:
+    value = raw.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return 0.0
+    return float(value)

@@ -1,0 +1,625 @@
+"""The spool: every name relay gives a file, and every move of a file between folders.
+
+This module alone knows the on-disk protocol (docs/architecture.md, "On disk"). Intake
+claims and admits; the engine reads, finishes and sets aside; both only through here.
+
+Inbox items (state/inbox/) are the work list, and their names are the history's keys:
+
+    j-<serial>              operator input; "j" sorts before "q", so it goes first
+    q-<mtime>-<serial>      an envelope, in order of its file's mtime
+
+`serial` is a number no other file in this data directory ever had (see `Serials`), so a
+derived name is unique by construction, whatever the client named its file: two files
+with the same name and mtime, or a 255-byte name, or one that is not UTF-8, all fit.
+Older releases named items after the client's file (`q-<mtime>-<name>`, `j-<ns>.txt`);
+those are still read, never written.
+
+Beside an item, dot-files that belong to it (listings skip dot-names):
+
+    .n-<serial>     "<mtime>\\n<the client's file name, as bytes>": written before the
+                    claim, so an item can always be set aside under its own name
+    .t-<stem>       how many relay processes began handling it (the crash counter)
+    .r-<stem>       the API's answer, kept until it is recorded (no second paid call)
+
+A claim is `.c-<serial>`: the client's file renamed into the inbox, not yet validated.
+Every move is a rename, so a crash leaves each file in exactly one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import re
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from relay import fsutil
+from relay.layout import CLIENT_FILE_MODE, PRIVATE_FILE_MODE, PRIVATE_MODE, REJECTED_MODE, Layout
+
+NAME_MAX = 255
+REASON_SUFFIX = ".reason"
+OPERATOR = "j-"
+ENVELOPE = "q-"
+CLAIM = ".c-"
+NAME_META = ".n-"
+TRIES = ".t-"
+REPLY = ".r-"
+LEGACY_CLAIM = ".claim-"
+LEGACY_JC_CLAIM = ".claim-jc-"
+
+_NEW_ENVELOPE = re.compile(r"q-(\d{20})-(\d{20})")
+_NEW_OPERATOR = re.compile(r"j-(\d{20})")
+_LEGACY_ENVELOPE = re.compile(r"q-(\d{20})-(.+)", re.DOTALL)
+_LEGACY_OPERATOR = re.compile(r"j-(\d+)\.txt")
+
+
+def display(name: str) -> str:
+    """A file name fit for a log line or JSON: bytes that are not UTF-8 as \\x escapes."""
+    try:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # lone surrogates that did not come from the file system
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# ---- item names ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Item:
+    """A parsed inbox name. `serial` is None for an item named by an older release."""
+
+    key: str
+    operator: bool
+    serial: int | None
+    mtime: int
+    legacy_name: str | None = None  # the client's name, for an older envelope item
+
+    @property
+    def stem(self) -> str:
+        """What the item's dot-files are named by."""
+        if self.serial is not None:
+            return f"{self.serial:020d}"
+        return _digest_stem(self.key)
+
+
+def _digest_stem(key: str) -> str:
+    return "h" + hashlib.sha256(os.fsencode(key)).hexdigest()[:32]
+
+
+def envelope_key(mtime: int, serial: int) -> str:
+    return f"{ENVELOPE}{mtime:020d}-{serial:020d}"
+
+
+def operator_key(serial: int) -> str:
+    return f"{OPERATOR}{serial:020d}"
+
+
+def parse_item(key: str) -> Item | None:
+    """The item an inbox name stands for, or None for a name that is not an item."""
+    if match := _NEW_ENVELOPE.fullmatch(key):
+        return Item(key, False, int(match[2]), int(match[1]))
+    if match := _NEW_OPERATOR.fullmatch(key):
+        return Item(key, True, int(match[1]), 0)
+    if match := _LEGACY_ENVELOPE.fullmatch(key):
+        return Item(key, False, None, int(match[1]), match[2])
+    if match := _LEGACY_OPERATOR.fullmatch(key):
+        return Item(key, True, None, 0)
+    return None
+
+
+# ---- serials ---------------------------------------------------------------------------
+
+SERIAL_BLOCK = 1000
+
+
+class Serials:
+    """Numbers never handed out twice in one data directory.
+
+    A block is reserved at a time by writing its end to state/spool-serial under a lock,
+    so one durable write serves a thousand items and two processes never share a block.
+    A block starts no lower than the clock in microseconds: a lost or damaged counter
+    file (a restored backup) cannot hand out an old number again."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._next = 0
+        self._end = 0
+
+    def take(self) -> int:
+        if self._next >= self._end:
+            self._reserve()
+        self._next += 1
+        return self._next - 1
+
+    def _reserve(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            raw = os.pread(fd, 64, 0)
+            try:
+                stored = int(raw.decode("ascii").strip() or 0)
+            except (UnicodeDecodeError, ValueError):
+                stored = 0
+            start = max(stored, time.time_ns() // 1000)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{start + SERIAL_BLOCK}\n".encode(), 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._next, self._end = start, start + SERIAL_BLOCK
+
+
+# ---- reading client files --------------------------------------------------------------
+
+
+class Refused(Exception):
+    """A file the spool will not take; the message is the one-line reason kept beside it."""
+
+
+def read_client_file(path: Path, limit: int) -> bytes:
+    """Up to `limit` + 1 bytes of a claimed file, never through a link; Refused otherwise.
+
+    Only a regular file with a single link is taken: relay changes the mode of what it
+    rejects and deletes what it accepts, and neither may reach a file outside the queue
+    through a hard link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Refused("a symlink; symlinks are never followed") from None
+        raise Refused(f"cannot be read: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Refused(f"not a regular file ({file_kind(st.st_mode)})")
+        if st.st_nlink > 1:
+            raise Refused(
+                f"has {st.st_nlink} hard links; relay takes only files with one link "
+                "(write a new file and rename it into queue/)"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while size <= limit and (chunk := os.read(fd, min(65536, limit + 1 - size))):
+                chunks.append(chunk)
+                size += len(chunk)
+            # The client may not have synced; make the content durable before we own it.
+            os.fsync(fd)
+        except OSError as exc:
+            raise Refused(f"cannot be read: {exc.strerror}") from None
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symlink"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return "a regular file" if stat.S_ISREG(mode) else "an unknown kind of file"
+
+
+# ---- rejecting -------------------------------------------------------------------------
+
+
+def rejected_name(name: bytes, attempt: int) -> bytes:
+    """The name a refused file gets: its own when NAME and NAME.reason fit NAME_MAX, else a
+    prefix, "~" and a digest of the whole name. `attempt` > 0 adds ".N" for a name that is
+    already taken. Distinct names give distinct results by construction."""
+    suffix = f".{attempt}".encode() if attempt else b""
+    if len(name) + len(suffix) + len(REASON_SUFFIX) <= NAME_MAX:
+        return name + suffix
+    digest = b"~" + hashlib.sha256(name).hexdigest()[:32].encode()
+    room = NAME_MAX - len(REASON_SUFFIX) - len(digest) - len(suffix)
+    head = name[:room]
+    with contextlib.suppress(UnicodeDecodeError):
+        # Cut on a character boundary when the name is UTF-8, so it still reads well.
+        head = head.decode("utf-8", "ignore").encode("utf-8")
+    return head + digest + suffix
+
+
+def reject_file(
+    where: Path, source: Path, name: str, reason: str, *, private: bool
+) -> tuple[Path, bool]:
+    """Move `source` into `where` under `name` (or a derived name) with NAME.reason beside.
+
+    The reason is linked into place first, which fails if the name is taken: a name is
+    reserved atomically even when the engine and an intake run reject at the same moment.
+    Returns the rejected file's path and whether it was moved (False: a directory relay
+    cannot move; only its reason was written)."""
+    fsutil.makedirs(where, PRIVATE_MODE if private else REJECTED_MODE)
+    file_mode = PRIVATE_FILE_MODE if private else CLIENT_FILE_MODE
+    raw = os.fsencode(name)
+    line = reason.replace("\n", " ").replace("\r", " ").strip()
+    for attempt in range(10_000):
+        target_raw = rejected_name(raw, attempt)
+        if target_raw[: len(raw)] != raw or len(target_raw) < len(raw):
+            line_here = f"{line} (the file was named {display(name)!r})"
+        else:
+            line_here = line
+        target = where / os.fsdecode(target_raw)
+        reason_path = where / os.fsdecode(target_raw + REASON_SUFFIX.encode())
+        if target.exists() or target.is_symlink():
+            continue
+        data = (line_here + "\n").encode("utf-8", "backslashreplace")
+        if not _link_new(reason_path, data, file_mode):
+            continue
+        moved = _move_rejected(source, target, file_mode)
+        return target, moved
+    raise OSError(errno.EEXIST, "no free name for a rejected file", str(where / name))
+
+
+def _link_new(path: Path, data: bytes, mode: int) -> bool:
+    """Create `path` with `data` atomically, only if no file has that name: False if taken."""
+    tmp = path.with_name(f".reason.{os.getpid()}.{os.urandom(6).hex()}.tmp")
+    fsutil.atomic_write(tmp, data, mode, durable=False)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+    fsutil.fsync_dir(path.parent)
+    return True
+
+
+def _move_rejected(source: Path, target: Path, mode: int) -> bool:
+    st = os.lstat(source)
+    if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+        # Clients read queue/.rejected/: give the file relay's group-readable mode, but
+        # only a file that is ours alone (never an outside inode reached by a hard link).
+        with contextlib.suppress(OSError):
+            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                if os.fstat(fd).st_nlink == 1:
+                    os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
+    try:
+        fsutil.durable_rename(source, target)
+    except OSError as exc:
+        if stat.S_ISDIR(st.st_mode) and exc.errno in (errno.EACCES, errno.EPERM, errno.EXDEV):
+            return False
+        raise
+    return True
+
+
+# ---- the spool -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A client's file renamed into the inbox, not yet validated."""
+
+    path: Path
+    name: str  # the client's name (str with surrogate escapes for bytes that are not UTF-8)
+    mtime: int
+    serial: int | None  # None: a claim left by an older release
+    claimed_at: float  # wall clock; a claim by an older release counts as old
+
+    @property
+    def key(self) -> str:
+        if self.serial is None:
+            return f"{ENVELOPE}{self.mtime:020d}-{self.name}"
+        return envelope_key(self.mtime, self.serial)
+
+
+class Spool:
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.inbox = layout.inbox
+        self.serials = Serials(layout.state / "spool-serial")
+
+    # ---- intake: claiming ------------------------------------------------------------
+
+    def queue_entries(self) -> list[tuple[int, str]]:
+        """(mtime, name) of what clients put in queue/, oldest first; dot-names are
+        writers' temp files and are left alone."""
+        entries: list[tuple[int, str]] = []
+        with os.scandir(self.layout.queue) as it:
+            for entry in it:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    mtime = entry.stat(follow_symlinks=False).st_mtime_ns
+                except FileNotFoundError:
+                    continue
+                entries.append((mtime, entry.name))
+        entries.sort()
+        return entries
+
+    def claim(self, name: str, mtime: int) -> Claim | None:
+        """Take queue/NAME into the inbox; None if it went away. The name is kept first,
+        so a crash right after the rename still knows what the client called it."""
+        serial = self.serials.take()
+        meta = self._name_meta(serial)
+        fsutil.atomic_write(meta, f"{mtime}\n".encode() + os.fsencode(name), durable=False)
+        path = self.inbox / f"{CLAIM}{serial:020d}"
+        try:
+            os.rename(self.layout.queue / name, path)
+        except BaseException as exc:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(meta)
+            if isinstance(exc, FileNotFoundError):
+                return None
+            raise
+        fsutil.fsync_dir(self.inbox)
+        return Claim(path, name, mtime, serial, time.time())
+
+    def stale_claims(self) -> list[Claim]:
+        """Claims a crashed (or deferring) intake run left, oldest first. Operator claims
+        are the jc handler's, which may run at this very moment: not listed here."""
+        claims: list[Claim] = []
+        for name in self._inbox_names():
+            if name.startswith(CLAIM) and not name.endswith(".n"):
+                serial = int(name[len(CLAIM) :]) if name[len(CLAIM) :].isdigit() else None
+                if serial is None:
+                    continue
+                mtime, client_name = self._read_name_meta(serial)
+                try:
+                    claimed_at = os.lstat(self._name_meta(serial)).st_mtime
+                except FileNotFoundError:
+                    claimed_at = 0.0
+                claims.append(Claim(self.inbox / name, client_name, mtime, serial, claimed_at))
+            elif name.startswith(LEGACY_CLAIM) and not name.startswith(LEGACY_JC_CLAIM):
+                stamp, _, client_name = name.removeprefix(LEGACY_CLAIM).partition("-")
+                mtime = int(stamp) if stamp.isdigit() else 0
+                claims.append(Claim(self.inbox / name, client_name, mtime, None, 0.0))
+        claims.sort(key=lambda c: (c.mtime, c.serial or 0))
+        return claims
+
+    def drop_orphan_names(self) -> None:
+        """Remove name records whose claim and item are both gone (a crash between the
+        engine finishing an item and removing its record). Intake only: a record without
+        its claim may be one intake is writing right now."""
+        names = self._inbox_names()
+        live = {int(m[2]) for n in names if (m := _NEW_ENVELOPE.fullmatch(n))}
+        live |= {
+            int(n[len(CLAIM) :]) for n in names if n.startswith(CLAIM) and n[len(CLAIM) :].isdigit()
+        }
+        for name in names:
+            serial = name[len(NAME_META) :]
+            if name.startswith(NAME_META) and serial.isdigit() and int(serial) not in live:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.inbox / name)
+
+    def admit(self, claim: Claim) -> str:
+        """Make a validated claim an inbox item; returns its key."""
+        fsutil.durable_rename(claim.path, self.inbox / claim.key)
+        return claim.key
+
+    def reject_claim(self, claim: Claim, reason: str) -> Path:
+        target, _ = reject_file(self.layout.rejected, claim.path, claim.name, reason, private=False)
+        if claim.serial is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._name_meta(claim.serial))
+        return target
+
+    def refused_in_place(self, name: str) -> bool:
+        """Whether `name` was already refused where it lies (only its reason was written)."""
+        target = rejected_name(os.fsencode(name), 0)
+        reason = self.layout.rejected / os.fsdecode(target + REASON_SUFFIX.encode())
+        return os.path.lexists(reason) and not os.path.lexists(
+            self.layout.rejected / os.fsdecode(target)
+        )
+
+    def reject_in_queue(self, name: str, reason: str) -> tuple[Path, bool]:
+        """Refuse something in queue/ that cannot be claimed (a directory relay may not
+        move); it is moved to queue/.rejected/ if possible, else only its reason is."""
+        return reject_file(
+            self.layout.rejected, self.layout.queue / name, name, reason, private=False
+        )
+
+    # ---- intake: the operator --------------------------------------------------------
+
+    def claim_operator(self) -> Path | None:
+        serial = self.serials.take()
+        path = self.inbox / f"{LEGACY_JC_CLAIM}{serial:020d}"
+        try:
+            os.rename(self.layout.jc_input, path)
+        except FileNotFoundError:
+            return None
+        fsutil.fsync_dir(self.inbox)
+        return path
+
+    def operator_claims(self) -> list[Path]:
+        return [
+            self.inbox / n for n in sorted(self._inbox_names()) if n.startswith(LEGACY_JC_CLAIM)
+        ]
+
+    @staticmethod
+    def operator_claim_key(claim: Path) -> str:
+        stamp = claim.name.removeprefix(LEGACY_JC_CLAIM)
+        # Claims by an older release were stamped with time_ns, and named items j-<ns>.txt.
+        return operator_key(int(stamp)) if len(stamp) == 20 else f"{OPERATOR}{stamp}.txt"
+
+    def admit_operator(self, claim: Path) -> str:
+        key = self.operator_claim_key(claim)
+        fsutil.durable_rename(claim, self.inbox / key)
+        return key
+
+    def reject_operator(self, source: Path, key: str, reason: str) -> Path:
+        target, _ = reject_file(
+            self.layout.operator_rejected, source, operator_file_name(key), reason, private=True
+        )
+        return target
+
+    # ---- the engine: items -----------------------------------------------------------
+
+    def items(self) -> list[str]:
+        """The keys of the inbox items, in the order they are handled."""
+        return sorted(n for n in self._inbox_names() if not n.startswith("."))
+
+    def read(self, key: str) -> bytes:
+        path = self.inbox / key
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            return handle.read()
+
+    def client_name(self, key: str) -> str:
+        """The name the item's file had in queue/ (or a name for operator input)."""
+        item = parse_item(key)
+        if item is None:
+            return key
+        if item.operator:
+            return operator_file_name(key)
+        if item.legacy_name is not None:
+            return item.legacy_name
+        assert item.serial is not None
+        _, name = self._read_name_meta(item.serial)
+        return name
+
+    def begin(self, key: str) -> int:
+        """Count one more relay process beginning to handle `key`; returns the count.
+        It survives restarts, so an item that kills relay can be set aside."""
+        path = self._dot(TRIES, key)
+        try:
+            count = int(path.read_text(encoding="ascii").strip() or 0)
+        except (OSError, ValueError, UnicodeDecodeError):
+            count = 0
+        count += 1
+        fsutil.atomic_write(path, f"{count}\n".encode(), durable=False)
+        return count
+
+    def uncount(self, key: str) -> None:
+        """Take back one count (a graceful stop is not a crash)."""
+        path = self._dot(TRIES, key)
+        try:
+            count = int(path.read_text(encoding="ascii").strip() or 0)
+        except (OSError, ValueError, UnicodeDecodeError):
+            return
+        with contextlib.suppress(OSError):
+            if count <= 1:
+                os.unlink(path)
+            else:
+                fsutil.atomic_write(path, f"{count - 1}\n".encode(), durable=False)
+
+    def stash_reply(self, key: str, data: bytes) -> None:
+        # Not fsync'd, like the counter: they guard against a crashing process, whose
+        # writes the kernel keeps; a power cut costs at worst one repeated call.
+        fsutil.atomic_write(self._dot(REPLY, key), data, durable=False)
+
+    def stashed_reply(self, key: str) -> bytes | None:
+        try:
+            return self._dot(REPLY, key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def finish(self, key: str) -> None:
+        """The item is done: remove it, then what belongs to it."""
+        fsutil.unlink_durable(self.inbox / key)
+        self._forget(key)
+
+    def set_aside(self, key: str, reason: str) -> Path:
+        """Refuse an admitted item: an envelope back to queue/.rejected/ under its client's
+        name, operator input to the private state/rejected/. Then forget it."""
+        item = parse_item(key)
+        source = self.inbox / key
+        if item is not None and item.operator:
+            target = self.reject_operator(source, key, reason)
+        else:
+            target, _ = reject_file(
+                self.layout.rejected, source, self.client_name(key), reason, private=False
+            )
+        self._forget(key)
+        return target
+
+    def _forget(self, key: str) -> None:
+        item = parse_item(key)
+        paths = [self._dot(TRIES, key), self._dot(REPLY, key)]
+        if item is not None and item.serial is not None and not item.operator:
+            paths.append(self._name_meta(item.serial))
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    # ---- helpers ---------------------------------------------------------------------
+
+    def _inbox_names(self) -> list[str]:
+        try:
+            return os.listdir(self.inbox)
+        except FileNotFoundError:
+            return []
+
+    def _name_meta(self, serial: int) -> Path:
+        return self.inbox / f"{NAME_META}{serial:020d}"
+
+    def _read_name_meta(self, serial: int) -> tuple[int, str]:
+        try:
+            raw = self._name_meta(serial).read_bytes()
+        except FileNotFoundError:
+            return 0, f"envelope-{serial:020d}"
+        stamp, _, name = raw.partition(b"\n")
+        mtime = int(stamp) if stamp.isdigit() else 0
+        return mtime, os.fsdecode(name) or f"envelope-{serial:020d}"
+
+    def _dot(self, prefix: str, key: str) -> Path:
+        item = parse_item(key)
+        stem = item.stem if item is not None else _digest_stem(key)
+        return self.inbox / f"{prefix}{stem}"
+
+
+def operator_file_name(key: str) -> str:
+    """What refused operator input is called in state/rejected/."""
+    item = parse_item(key)
+    if item is not None and item.serial is not None:
+        return f"jc_input-{item.serial:020d}.txt"
+    return f"jc_input-{key.removeprefix(OPERATOR).removesuffix('.txt')}.txt"
+
+
+# ---- dispatch: pending replies ---------------------------------------------------------
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(os.fsencode(key)).hexdigest()[:20]
+
+
+def pending_name(seq: int, key: str) -> str:
+    """dispatch/<s>/.pending/<seq>-<digest>-<key>.txt. The digest identifies the key
+    exactly; the readable tail (cut, and escaped, for keys of older releases) is only for
+    people looking at the directory."""
+    tail = _UNSAFE.sub("_", display(key))[:180]
+    return f"{seq:012d}-{key_digest(key)}-{tail}.txt"
+
+
+def pending_seq(name: str) -> int:
+    return int(name[:12])
+
+
+def pending_digest(name: str) -> str:
+    return name[13:33]
+
+
+def pending_key_hint(name: str) -> str:
+    """The key as far as the name shows it (exact for every key relay writes now)."""
+    return name[34:-4]
+
+
+@contextlib.contextmanager
+def one_at_a_time(lock: Path, wait: bool) -> Iterator[bool]:
+    """Yield True holding `lock`; False at once if `wait` is off and another run holds it."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
