@@ -37,6 +37,29 @@ def event(
     logger.log(level, message, *args, extra=extra)
 
 
+def printable(text: str) -> str:
+    """`text` as valid UTF-8: a file name that is not UTF-8, or a lone surrogate from JSON,
+    would make journald's encoder drop the whole line."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+class PrintableFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        safe = printable(message)
+        if safe is not message:
+            record.msg, record.args = safe, None
+        for name in RELAY_FIELDS:
+            value = getattr(record, name, None)
+            if isinstance(value, str):
+                setattr(record, name, printable(value))
+        return True
+
+
 class FieldsFormatter(logging.Formatter):
     """Plain-text logs that still show the structured fields, for the foreground."""
 
@@ -74,4 +97,5 @@ def setup(identifier: str, environ: Mapping[str, str] | None = None, verbose: bo
         handler.setFormatter(
             FieldsFormatter(f"%(asctime)s {identifier}: %(levelname)s %(message)s", "%H:%M:%S")
         )
+    handler.addFilter(PrintableFilter())
     root.addHandler(handler)

@@ -228,3 +228,22 @@ def test_relay_fields_reach_the_journal_handler_as_upper_case_keys(
     assert fields["RELAY_SESSION"] == "session-1"
     assert fields["RELAY_ENVELOPE"] == "q-9"
     assert fields["RELAY_COST_USD"] == "0.500000"
+
+
+def test_names_that_are_not_utf8_are_logged_escaped_not_dropped() -> None:
+    import io
+
+    from relay.log import PrintableFilter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(PrintableFilter())
+    logger = logging.getLogger("relay.test.printable")
+    logger.addHandler(handler)
+    try:
+        event(logger, "rejected", "rejected %s", "bad-\udcff.json", envelope="\ud800", level=50)
+    finally:
+        logger.removeHandler(handler)
+    line = stream.getvalue()
+    line.encode("utf-8")  # what journald's encoder would do
+    assert "bad-\\udcff.json" in line
