@@ -21,6 +21,7 @@ from inotify_simple import flags as in_flags
 
 from relay import conversation as conv
 from relay import history
+from relay.records import Turn, session
 from tests.relayproc import RelayProcess, write_config
 
 
@@ -63,15 +64,16 @@ def history_load(work: Path, chars: int, runs: int) -> tuple[list[float], int]:
     h = history.HistoryFile(path, work / "archive")
     seq, total = 1, 0
     while total < chars:
-        user, reply = f"[from session-{seq % 2 + 1}]\n" + "u" * 700, "r" * 1300
+        sender = session(f"session-{seq % 2 + 1}")
+        user, reply = conv.user_text(sender, "u" * 700), "r" * 1300
         h.append(
-            conv.turn_record(
+            Turn(
                 seq=seq,
                 key=f"q-{seq:020d}-x.json",
-                session="session-1",
+                sender=sender,
                 user=user,
                 reply=reply,
-                target="session-1",
+                target=sender.session,
                 needs_jc=False,
                 ts="2026-11-25T00:00:00Z",
                 cost_usd=0.01,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import pytest
 
 from relay.conversation import (
-    OPERATOR,
     SUMMARY_HEADER,
     ConversationState,
     apply_turn,
@@ -17,43 +17,45 @@ from relay.conversation import (
     history_chars,
     operator_target,
     parse_operator,
+    plan_summary,
     render_messages,
     render_system,
     split_for_summary,
-    state_dict,
-    summary_request,
-    turn_record,
     user_text,
 )
-from relay.history import Record
+from relay.records import OPERATOR, RELAY, Carried, Record, Sender, Summary, Turn, session
 
 MARKER = "[NEEDS-JC]"
 
 
 def turn(
     seq: int,
-    session: str,
+    sender: Sender | str,
     reply: str = "ok",
     *,
     target: str | None = None,
     needs_jc: bool = False,
     user: str | None = None,
-) -> Record:
-    return turn_record(
+) -> Turn:
+    """A turn as the engine records it; a plain string names a session."""
+    who = session(sender) if isinstance(sender, str) else sender
+    if target is None and not needs_jc:
+        target = who.session  # a session's turn is answered to that session
+    return Turn(
         seq=seq,
         key=f"q-{seq:020d}-m{seq}.json",
-        session=session,
-        user=user if user is not None else user_text(session, f"message {seq}"),
+        sender=who,
+        user=user if user is not None else user_text(who, f"message {seq}"),
         reply=reply,
-        target=target if target is not None or needs_jc or session == OPERATOR else session,
+        target=target,
         needs_jc=needs_jc,
         ts="2026-05-02T00:00:00Z",
         cost_usd=0.01,
     )
 
 
-def summary(seq: int, text: str = "the story so far", **state: Any) -> Record:
-    return {"kind": "summary", "seq": seq, "text": text, "state": state}
+def summary(seq: int, text: str = "the story so far", state: Carried | None = None) -> Summary:
+    return Summary(seq, text, "2026-05-02T00:00:00Z", 0, 0.0, state or Carried())
 
 
 def cache_controls(messages: list[dict[str, Any]]) -> list[tuple[int, int]]:
@@ -206,10 +208,12 @@ def test_summary_record_carries_the_state() -> None:
     records = [
         summary(
             10,
-            paused=True,
-            needs_jc_session="session-1",
-            needs_jc_text=f"{MARKER} Ship it?",
-            last_session="session-1",
+            state=Carried(
+                paused=True,
+                needs_jc_session="session-1",
+                needs_jc_text=f"{MARKER} Ship it?",
+                last_session="session-1",
+            ),
         ),
     ]
     state = derive_state(records)
@@ -228,20 +232,22 @@ def test_summary_record_carries_the_state() -> None:
     assert after.next_seq == 12
 
 
-def test_state_dict_round_trips_through_a_summary() -> None:
+def test_carried_state_round_trips_through_a_summary() -> None:
     state = derive_state([turn(1, "session-2", f"{MARKER} ?", needs_jc=True)])
-    carried = derive_state([summary(1, **state_dict(state))])
-    assert (carried.paused, carried.needs_jc_session, carried.needs_jc_text) == (
-        True,
-        "session-2",
-        f"{MARKER} ?",
-    )
-    assert carried.last_session == state.last_session
+    assert state.carried() == Carried(True, "session-2", f"{MARKER} ?", "session-2")
+
+    carried = derive_state([summary(1, state=state.carried())])
+
+    assert carried == dataclasses.replace(state, turns=0)
 
 
-def test_unknown_record_kinds_are_skipped() -> None:
-    state = derive_state([turn(1, "session-1"), {"kind": "note", "seq": 99}])
-    assert state.next_seq == 2
+def test_a_summary_resets_what_came_before_it() -> None:
+    # Whatever the turns before it said, the summary's carried state is what counts.
+    records: list[Record] = [
+        turn(1, "session-1", f"{MARKER} ?", needs_jc=True),
+        summary(5, state=Carried(last_session="session-3")),
+    ]
+    assert derive_state(records) == ConversationState(last_session="session-3", next_seq=6)
 
 
 # ---- rendering ----------------------------------------------------------------------------
@@ -250,7 +256,7 @@ def test_unknown_record_kinds_are_skipped() -> None:
 def test_render_alternates_user_and_assistant() -> None:
     records = [turn(1, "session-1", "r1"), turn(2, "session-2", "r2")]
 
-    messages = render_messages(records, user_text("session-1", "next"))
+    messages = render_messages(records, user_text(session("session-1"), "next"))
 
     assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant", "user"]
     assert messages[0]["content"] == [{"type": "text", "text": "[from session-1]\nmessage 1"}]
@@ -260,7 +266,7 @@ def test_render_alternates_user_and_assistant() -> None:
 
 
 def test_cache_control_only_on_the_newest_turns_last_block() -> None:
-    records = [summary(0), turn(1, "session-1"), turn(2, "session-2")]
+    records: list[Record] = [summary(0), turn(1, "session-1"), turn(2, "session-2")]
     messages = render_messages(records, "newest")
     assert cache_controls(messages) == [(4, 0)]
     assert messages[4]["content"][0]["cache_control"] == {"type": "ephemeral"}
@@ -273,7 +279,7 @@ def test_cache_control_only_on_the_newest_turns_last_block() -> None:
 
 
 def test_summary_is_the_first_block_of_the_first_user_message() -> None:
-    records = [summary(4, "S"), turn(5, "session-1", "r5")]
+    records: list[Record] = [summary(4, "S"), turn(5, "session-1", "r5")]
 
     messages = render_messages(records, "new")
 
@@ -321,7 +327,7 @@ def without_cache_control(messages: list[dict[str, Any]]) -> list[dict[str, Any]
 def test_prefix_is_byte_identical_when_a_turn_is_added(with_summary: bool) -> None:
     records: list[Record] = [summary(2, "S")] if with_summary else []
     records += [turn(3, "session-1", "r3"), turn(4, OPERATOR, "r4", target="session-1")]
-    new_user = user_text("session-2", "fifth")
+    new_user = user_text(session("session-2"), "fifth")
 
     before = render_messages(records, new_user)
     after = render_messages([*records, turn(5, "session-2", "r5", user=new_user)], "sixth")
@@ -340,11 +346,16 @@ def test_render_system_has_a_breakpoint() -> None:
     ]
 
 
-def test_summary_request_ends_with_the_instruction() -> None:
-    messages = summary_request([turn(1, "session-1")], "Summarize now.")
-    assert messages[-1]["role"] == "user"
-    assert messages[-1]["content"][-1]["text"] == "[from relay]\nSummarize now."
-    assert cache_controls(messages) == [(2, 0)]
+@pytest.mark.parametrize(
+    ("sender", "expected"),
+    [
+        (session("session-1"), "[from session-1]\nhi"),
+        (OPERATOR, "[from operator]\nhi"),
+        (RELAY, "[from relay]\nhi"),
+    ],
+)
+def test_user_text_names_the_sender(sender: Sender, expected: str) -> None:
+    assert user_text(sender, "hi") == expected
 
 
 # ---- summarization split and size --------------------------------------------------------
@@ -370,17 +381,94 @@ def test_split_for_summary_edges() -> None:
 
 def test_split_for_summary_uses_identity_not_equality() -> None:
     a = turn(1, "session-1")
-    b = dict(a)  # equal content, a different record
+    b = dataclasses.replace(a)  # equal content, a different record
+    assert a == b and a is not b
     old, keep = split_for_summary([a, b], keep_recent=1)
     assert old[0] is a
     assert keep[0] is b
 
 
 def test_history_chars() -> None:
-    records = [
+    records: list[Record] = [
         summary(0, "s" * 100),
         turn(1, "session-1", "r" * 30, user="u" * 20),
         turn(2, "session-2", "", user="v" * 7),
     ]
     assert history_chars(records) == 100 + 20 + 30 + 7
     assert history_chars([]) == 0
+
+
+# ---- summarization plan ------------------------------------------------------------------
+
+
+def long_turns(first: int, last: int, size: int = 100) -> list[Turn]:
+    """Turns of exactly `size` user + reply characters."""
+    return [
+        turn(n, "session-1", "r" * (size // 2), user="u" * (size // 2))
+        for n in range(first, last + 1)
+    ]
+
+
+def test_no_plan_while_the_history_fits_under_the_cap() -> None:
+    records = long_turns(1, 5)
+    assert history_chars(records) == 500
+    assert plan_summary(records, 500, 2, "Summarize now.") is None
+    assert plan_summary(records, 499, 2, "Summarize now.") is not None
+
+
+def test_no_plan_when_only_the_kept_turns_are_left() -> None:
+    # They alone exceed the cap, and an earlier summary by itself is nothing to gain from.
+    assert plan_summary(long_turns(1, 3), 10, 3, "Summarize now.") is None
+    assert plan_summary([summary(0, "s" * 50), *long_turns(1, 2)], 10, 2, "Summarize.") is None
+
+
+def test_plan_sends_the_old_part_then_the_instruction() -> None:
+    old_summary = summary(0, "S")
+    records: list[Record] = [old_summary, *long_turns(1, 5)]
+
+    plan = plan_summary(records, 100, 2, "Summarize now.")
+
+    assert plan is not None
+    assert plan.old == records[:4]
+    assert plan.keep == records[4:]
+    assert plan.covers == 3  # the earlier summary is not a turn
+    assert plan.messages == render_messages(records[:4], "[from relay]\nSummarize now.")
+    assert plan.messages[-1]["role"] == "user"
+    assert plan.messages[-1]["content"][-1]["text"] == "[from relay]\nSummarize now."
+    assert cache_controls(plan.messages) == [(6, 0)]  # three turns, then the instruction
+
+
+def test_plan_summary_stands_just_before_the_first_kept_turn() -> None:
+    records: list[Record] = [
+        *long_turns(1, 3),
+        turn(4, "session-2", f"{MARKER} Which DB?", needs_jc=True),
+        turn(5, OPERATOR, "Postgres.", target="session-2"),
+        turn(6, "session-1"),
+    ]
+    state = derive_state(records)
+    plan = plan_summary(records, 100, 2, "Summarize now.")
+    assert plan is not None
+
+    made = plan.summary("the gist", "2026-05-03T00:00:00Z", 0.25, state)
+
+    assert made == Summary(4, "the gist", "2026-05-03T00:00:00Z", 4, 0.25, state.carried())
+    assert [t.seq for t in plan.keep] == [5, 6]
+    # The history it leaves behind says the same about where things stand, including the
+    # answered question, which only the summary remembers now.
+    after = derive_state([made, *plan.keep])
+    assert after == dataclasses.replace(state, turns=2)
+    assert after.needs_jc_text == f"{MARKER} Which DB?"
+
+
+def test_plan_summary_with_nothing_kept_stands_for_everything() -> None:
+    records = long_turns(1, 4)
+    state = derive_state(records)
+    plan = plan_summary(records, 10, 0, "Summarize now.")
+    assert plan is not None and plan.keep == []
+
+    made = plan.summary("all of it", "2026-05-03T00:00:00Z", 0.0, state)
+
+    assert (made.seq, made.covers_turns) == (4, 4)
+    after = derive_state([made])
+    assert after.next_seq == state.next_seq == 5
+    assert after.last_session == "session-1"
