@@ -5,7 +5,6 @@ Exit codes: 0 ok, 2 usage or configuration error (one line, no traceback), 1 oth
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -18,12 +17,15 @@ if TYPE_CHECKING:
     import argparse
 
 from relay import __version__, fsutil
-from relay.client import check_dir, denied
 from relay.config import Config, config_path, load_config
 from relay.errors import RelayError, UsageError
-from relay.layout import Layout
+from relay.layout import PRIVATE_FILE_MODE, Layout
 
 REPLY_WAIT_S = 10.0
+OPERATOR_HINT = (
+    "relay status, topic and reply are for root and the relay-operators group: "
+    "sudo usermod -aG relay-operators $USER, then log in again"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,11 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"relay: {exc.message}", file=sys.stderr)
         return exc.exit_code
     except PermissionError as exc:
-        # Expected on a packaged install: state/ is private to relay, queue/ to its clients.
+        # Expected on a packaged install: state/ is for relay, root and relay-operators
+        # (status, topic), queue/ and dispatch/ for relay-clients.
         where = exc.filename or "a file"
         print(
-            f"relay: permission denied: {where} (state/ is readable by root only: try sudo; "
-            "submitting needs the relay-clients group)",
+            f"relay: permission denied: {where} ({OPERATOR_HINT}; submitting needs the "
+            "relay-clients group)",
             file=sys.stderr,
         )
         return 1
@@ -181,7 +184,10 @@ def _intake(config: Config, what: str, linger_s: float) -> int:
     if what == "queue":
         result = intake.drain_queue_lingering(config, layout, linger_s)
     else:
-        result = intake.drain_operator(layout)
+        from relay import operator_drop
+
+        # state/jc_input.txt first, then each reply operators left in operator/.
+        result = operator_drop.drain(layout, intake.drain_operator)
     # One summary line on stdout: stream logging keeps the unit name even if the process
     # exits before journald reads it (docs/systemd.md §3.2).
     print(f"intake {what}: {len(result.accepted)} accepted, {len(result.rejected)} rejected")
@@ -219,10 +225,15 @@ def _status(config: Config, *, as_json: bool) -> int:
 
 
 def _topic(config: Config) -> int:
-    from relay.topic import resolve_topic, subscribe_url
+    from relay.topic import may_create, resolve_topic, subscribe_url
 
-    topic = resolve_topic(config, Layout(config.data_dir))
-    assert topic is not None
+    layout = Layout(config.data_dir)
+    topic = resolve_topic(config, layout, create=may_create(layout))
+    if topic is None:
+        raise RelayError(
+            f"no ntfy topic yet in {layout.topic}: relay makes one when it starts with "
+            "ntfy.server set; or make it now with sudo relay topic"
+        )
     print(f"topic:     {topic}")
     print(f"subscribe: {subscribe_url(config, topic)}")
     if config.ntfy.server is None:
@@ -254,13 +265,53 @@ def _reply(config: Config, text: str) -> int:
     if not body.strip():
         raise UsageError("refusing to send an empty reply")
     layout = Layout(config.data_dir)
-    check_dir(layout.state, "reply")
-    tmp = layout.state / f".jc_input.{os.getpid()}.tmp"
     try:
-        fsutil.atomic_write(tmp, body.encode("utf-8"), 0o644)
+        os.stat(layout.state)
     except PermissionError:
-        raise RelayError(denied(layout.state, "reply")) from None
+        raise _reply_denied(layout) from None
+    except FileNotFoundError:
+        raise RelayError(
+            f"{layout.state} does not exist: is relay installed, and is data_dir in the "
+            "config right?"
+        ) from None
+    if os.access(layout.state, os.W_OK | os.X_OK):
+        _reply_to_state(layout, body)  # root; or, in development, relay's own user
+    else:
+        _reply_to_drop(layout, body)  # a member of relay-operators
+    return 0
+
+
+def _reply_denied(layout: Layout) -> RelayError:
+    return RelayError(
+        f"cannot write to {layout.operator_drop}: permission denied; only root and "
+        "members of the relay-operators group may reply (sudo usermod -aG relay-operators "
+        "$USER, then log in again)"
+    )
+
+
+def _reply_to_drop(layout: Layout, body: str) -> None:
+    """Leave the reply in operator/, which relay moves to state/jc_input.txt in turn: no
+    waiting here, and no reply, root's or another operator's, is ever replaced."""
+    from relay import operator_drop
+
     try:
+        operator_drop.write_reply(layout, body.encode("utf-8"))
+    except PermissionError:
+        raise _reply_denied(layout) from None
+    except FileNotFoundError:
+        raise RelayError(
+            f"{layout.operator_drop} does not exist: only root may reply here (sudo relay "
+            "reply); relay's package creates it for the relay-operators group"
+        ) from None
+
+
+def _reply_to_state(layout: Layout, body: str) -> None:
+    """Write state/jc_input.txt (the contract), never replacing one not yet consumed."""
+    tmp = layout.state / f".jc_input.{os.getpid()}.tmp"
+    fsutil.atomic_write(tmp, body.encode("utf-8"), PRIVATE_FILE_MODE)
+    try:
+        # Root's reply is relay's before it appears: 0600, and no one else reads it.
+        _give_to_state_owner(tmp, layout.state)
         # link() never replaces: an earlier reply not yet consumed is not overwritten.
         deadline = time.monotonic() + REPLY_WAIT_S
         while True:
@@ -277,15 +328,12 @@ def _reply(config: Config, text: str) -> int:
         fsutil.fsync_dir(layout.state)
     finally:
         os.unlink(tmp)
-    _give_to_state_owner(layout.jc_input, layout.state)
-    return 0
 
 
 def _give_to_state_owner(path: Path, state: Path) -> None:
     if os.geteuid() == 0:
         st = os.stat(state)
-        with contextlib.suppress(FileNotFoundError):  # already consumed
-            os.chown(path, st.st_uid, st.st_gid)
+        os.chown(path, st.st_uid, st.st_gid)
 
 
 def _alert(config: Config, unit: str) -> int:

@@ -14,10 +14,13 @@ QUEUE_MODE = 0o3770
 REJECTED_MODE = 0o2750
 DISPATCH_MODE = 0o2750
 SESSION_DIR_MODE = 0o2770
-STATE_MODE = 0o700
+# state/: relay-operators may pass through (to status.json and ntfy-topic) but not list it;
+# setgid, so the files relay creates there get that group (see OPERATOR_FILE_MODE).
+STATE_MODE = 0o2710
 PRIVATE_MODE = 0o700
 
 CLIENT_FILE_MODE = 0o640  # input.txt and rejected envelopes: clients read them
+OPERATOR_FILE_MODE = 0o640  # status.json, ntfy-topic, replies in operator/: operators read them
 PRIVATE_FILE_MODE = 0o600
 
 
@@ -73,6 +76,12 @@ class Layout:
     @property
     def jc_input(self) -> Path:
         return self.state / "jc_input.txt"
+
+    @property
+    def operator_drop(self) -> Path:
+        # Where members of relay-operators, who may not write state/, leave their replies
+        # (relay/operator_drop.py moves each one to jc_input.txt).
+        return self.root / "operator"
 
     @property
     def lock(self) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from relay import fsutil
-from relay.layout import PRIVATE_FILE_MODE
+from relay.layout import OPERATOR_FILE_MODE
 
 UNITS = ("relay.target", "relay-conversation.service", "relay-queue.path", "relay-jc.path")
 
@@ -18,7 +18,10 @@ UNITS = ("relay.target", "relay-conversation.service", "relay-queue.path", "rela
 def write(path: Path, status: dict[str, Any]) -> None:
     data = json.dumps(status, indent=2, sort_keys=True, ensure_ascii=False).encode() + b"\n"
     # Not fsync'd: it is a report, rewritten often, and rebuilt from durable state on start.
-    fsutil.atomic_write(path, data, PRIVATE_FILE_MODE, durable=False)
+    # 0640: state/ is setgid relay-operators, so its members read it (`relay status` without
+    # sudo). It is written for the operator (the state, the question waiting for them, the
+    # cost); it never holds the key or the history. Clients cannot reach state/.
+    fsutil.atomic_write(path, data, OPERATOR_FILE_MODE, durable=False)
 
 
 def read(path: Path) -> dict[str, Any]:

@@ -8,10 +8,14 @@ import secrets
 
 from relay import fsutil
 from relay.config import Config
-from relay.layout import PRIVATE_FILE_MODE, Layout
+from relay.layout import OPERATOR_FILE_MODE, Layout
 
 
 def resolve_topic(config: Config, layout: Layout, *, create: bool = True) -> str | None:
+    """The topic pushes go to; None if there is none yet and `create` is off.
+
+    The file is 0640 in the setgid state/ (group relay-operators): operators read it with
+    `relay topic`, and only relay and root, who may write state/, create it."""
     if config.ntfy.topic:
         return config.ntfy.topic
     try:
@@ -25,7 +29,7 @@ def resolve_topic(config: Config, layout: Layout, *, create: bool = True) -> str
     layout.ensure_intake()
     candidate = "relay-" + secrets.token_urlsafe(24)
     tmp = layout.topic.with_name(f".ntfy-topic.{os.getpid()}.tmp")
-    fsutil.atomic_write(tmp, candidate.encode() + b"\n", PRIVATE_FILE_MODE)
+    fsutil.atomic_write(tmp, candidate.encode() + b"\n", OPERATOR_FILE_MODE)
     try:
         # link() never replaces: if two processes race, the first topic wins for both.
         os.link(tmp, layout.topic)
@@ -45,6 +49,11 @@ def _give_to_state_owner(layout: Layout) -> None:
         st = os.stat(layout.state)
         with contextlib.suppress(OSError):
             os.chown(layout.topic, st.st_uid, st.st_gid)
+
+
+def may_create(layout: Layout) -> bool:
+    """Whether this process may create the topic file: relay and root may, operators not."""
+    return os.access(layout.state, os.W_OK | os.X_OK)
 
 
 def subscribe_url(config: Config, topic: str) -> str:
