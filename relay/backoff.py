@@ -29,7 +29,8 @@ class Backoff:
         relay's own exponential backoff is the floor: a server asking for `retry-after: 0`
         (or a few milliseconds) again and again must not make relay hammer the API."""
         failures = self.failures + 1
-        ours = min(2.0 ** (failures - 1), MAX_BACKOFF_S) * (0.75 + 0.25 * jitter)
+        # The exponent is capped: 2.0 ** 1024 overflows, and 2 ** 16 s is past the cap anyway.
+        ours = min(2.0 ** min(failures - 1, 16), MAX_BACKOFF_S) * (0.75 + 0.25 * jitter)
         delay = min(max(retry_after or 0.0, ours), MAX_BACKOFF_S)
         return Backoff(failures, now + delay, None)
 

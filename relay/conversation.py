@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from relay.records import Carried, Record, Sender, Summary, Turn
+from relay.records import RELAY, Carried, Record, Sender, Summary, Turn
 
 SUMMARY_HEADER = "Summary of the conversation so far (earlier turns were summarized):\n\n"
 
@@ -176,8 +176,5 @@ def plan_summary(
     old, keep = split_for_summary(records, keep_recent)
     if not any(isinstance(r, Turn) for r in old):
         return None
-    messages = render_messages(old, user_text(RELAY_SENDER, summarization_prompt))
+    messages = render_messages(old, user_text(RELAY, summarization_prompt))
     return SummaryPlan(old, keep, messages)
-
-
-RELAY_SENDER = Sender("relay")

@@ -225,8 +225,9 @@ class Engine:
             return False
         except Exception as exc:
             log.exception("error handling %s", key)
-            self._refuse(key, f"relay failed handling it ({type(exc).__name__}: {exc})")
-            return True
+            return self._refuse_safely(
+                key, f"relay failed handling it ({type(exc).__name__}: {exc})"
+            )
 
     def _handle(self, key: str) -> bool:
         """Take one inbox item as far as it goes now; True when it is in hand or must wait
@@ -370,7 +371,9 @@ class Engine:
             self.unrecorded = None
             log.exception("error recording the reply to %s", call.key)
             if call.plan is None:
-                self._refuse(call.key, f"relay failed recording its reply ({type(exc).__name__})")
+                self._refuse_safely(
+                    call.key, f"relay failed recording its reply ({type(exc).__name__})"
+                )
             else:
                 self.summary_stuck_at = self.state.next_seq
             return
@@ -453,10 +456,7 @@ class Engine:
             return
         if exc.context_overflow and self._summarize(force=True):
             return
-        try:
-            self._refuse(call.key, f"the API refused it: {exc.message}")
-        except OSError as write_exc:
-            self._write_failed(f"cannot set {call.key} aside", write_exc)
+        self._refuse_safely(call.key, f"the API refused it: {exc.message}")
 
     # ---- setting aside --------------------------------------------------------------------
 
@@ -495,6 +495,18 @@ class Engine:
                     self.layout, origin, f"{key}.aside", NOT_PROCESSED.format(reason=reason)
                 )
         return False
+
+    def _refuse_safely(self, key: str, reason: str) -> bool:
+        """`_refuse` where no error may escape; True if the loop may go on."""
+        try:
+            self._refuse(key, reason)
+        except OSError as exc:
+            self._write_failed(f"cannot set {key} aside", exc)
+            return False
+        except Exception:  # the item stays; the next tick tries again
+            log.exception("cannot set %s aside", key)
+            return False
+        return True
 
     def _envelope_session(self, key: str) -> str | None:
         try:

@@ -53,8 +53,10 @@ def load(path: Path) -> list[Record]:
             if newline < 0:
                 raise ValueError("no newline")
             record = decode_record(json.loads(line))
-        except (ValueError, RecursionError) as exc:
-            if end < len(data):
+        except (ValueError, RecursionError, TypeError, OverflowError) as exc:
+            # Only a line without its newline can be a torn append; a whole line that does
+            # not decode was written so (or damaged since), wherever it is.
+            if end < len(data) or newline >= 0:
                 raise StateError(
                     f"{path}: record at byte {offset} is damaged ({exc}); "
                     "restore it from state/archive/ or remove the line"

@@ -63,6 +63,7 @@ def drain_queue(
 
 
 MAX_RUN_S = 60.0
+ERROR_RETRY_S = 10.0
 
 
 def drain_queue_lingering(
@@ -86,7 +87,16 @@ def drain_queue_lingering(
         inotify.add_watch(layout.queue, in_flags.MOVED_TO | in_flags.CLOSE_WRITE)
         while True:
             remaining = deadline - time.monotonic()
-            result = drain_queue(config, layout, final=remaining <= 0)
+            try:
+                result = drain_queue(config, layout, final=remaining <= 0)
+            except OSError as exc:
+                # A full disk: exiting now would have the path unit start us again at once
+                # (the queue is not empty), a crash loop. Wait instead, then end the run.
+                log.error("intake: %s; trying again in %ds", exc, ERROR_RETRY_S)
+                if remaining <= 0:
+                    return total
+                time.sleep(min(ERROR_RETRY_S, remaining))
+                continue
             total.accepted += result.accepted
             total.rejected += result.rejected
             wait_s = min(linger_s, remaining)

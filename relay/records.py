@@ -157,7 +157,7 @@ def decode_record(raw: Any) -> Record:
             seq=_int(raw, "seq"),
             text=_str(raw, "text"),
             ts=str(raw.get("ts", "")),
-            covers_turns=int(raw.get("covers_turns") or 0),
+            covers_turns=_count(raw, "covers_turns"),
             cost_usd=_float(raw, "cost_usd"),
             state=Carried.from_json(raw.get("state")),
         )
@@ -273,6 +273,11 @@ def _int(raw: dict[str, Any], key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{key} is not an integer")
     return value
+
+
+def _count(raw: dict[str, Any], key: str) -> int:
+    value = raw.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _float(raw: dict[str, Any], key: str) -> float:

@@ -104,3 +104,8 @@ def test_backoff_is_a_value() -> None:
     first.succeeded()
     assert (first.failures, first.retry_at, first.blocked) == (1, NOW + 0.75, None)
     assert second.failures == 2
+
+
+def test_a_very_long_outage_stays_at_the_cap() -> None:
+    backoff = Backoff(failures=5000).failed(0.0, None, 0.0)
+    assert backoff.retry_at <= MAX_BACKOFF_S

@@ -219,3 +219,18 @@ def test_appending_to_an_old_history_keeps_it_one_format(tmp_path: Path) -> None
     h.close()
     assert path.read_bytes() == OLD_FORMAT + history.encode(record(6))
     assert history.load(path)[-1] == record(6)
+
+
+@pytest.mark.parametrize(
+    "last",
+    [b'{"kind":"note","seq":1}\n', b'{"kind":"turn","seq":"1"}\n'],
+)
+def test_a_whole_last_line_that_does_not_decode_is_damage_not_a_torn_append(
+    tmp_path: Path, last: bytes
+) -> None:
+    path = tmp_path / "h.jsonl"
+    data = b'{"kind":"summary","seq":0,"text":"s"}\n' + last
+    path.write_bytes(data)
+    with pytest.raises(StateError):
+        history.load(path)
+    assert path.read_bytes() == data
