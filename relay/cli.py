@@ -1,10 +1,12 @@
 """The command line (README: Command line). The only place that exits the process.
 
-Exit codes: 0 ok, 2 usage or configuration error (one line, no traceback), 1 otherwise.
+Exit codes: 0 ok, 2 usage or configuration error (one line, no traceback), 3 state relay
+cannot read safely (`relay serve` is not restarted on it), 1 otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
 
 from relay import __version__, fsutil
 from relay.config import Config, config_path, load_config
-from relay.errors import RelayError, UsageError
+from relay.errors import RelayError, StateError, UsageError
 from relay.layout import PRIVATE_FILE_MODE, Layout
 
 REPLY_WAIT_S = 10.0
@@ -172,9 +174,44 @@ def _serve(args: argparse.Namespace, *, with_intake: bool, verbose: bool) -> int
     config = _config(args)
     from relay.service import Service, install_signal_handlers
 
-    service = Service(config, with_intake=with_intake)
-    install_signal_handlers(service)
-    return service.run()
+    try:
+        service = Service(config, with_intake=with_intake)
+        install_signal_handlers(service)
+        return service.run()
+    except StateError as exc:
+        restart = "start relay run again" if with_intake else "systemctl restart relay.target"
+        _report_failed(Layout(config.data_dir), exc, restart)
+        raise
+
+
+def _report_failed(layout: Layout, exc: StateError, restart: str) -> None:
+    """Say in the journal and in status.json that relay stopped on state it cannot read
+    safely, and what to do: restarting alone cannot help, so systemd does not (exit code 3,
+    RestartPreventExitStatus=) and `relay status` keeps saying so."""
+    import logging
+    from datetime import UTC, datetime
+
+    from relay import log as relay_log
+    from relay import status as status_file
+
+    detail = f"{exc.message}; then {restart}"
+    relay_log.event(
+        logging.getLogger(__name__), "state_error", "stopped: %s", detail, level=logging.ERROR
+    )
+    try:
+        current = json.loads(fsutil.read_regular(layout.status, 1 << 20))
+    except (OSError, ValueError, RecursionError):
+        current = None
+    report = current if isinstance(current, dict) else {}
+    report.update(
+        state="failed",
+        state_detail=detail,
+        last_error=exc.message,
+        pid=os.getpid(),
+        updated_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+    )
+    with contextlib.suppress(OSError):  # the journal has it either way
+        status_file.write(layout.status, report)
 
 
 def _intake(config: Config, what: str, linger_s: float) -> int:
@@ -210,7 +247,8 @@ def _status(config: Config, *, as_json: bool) -> int:
     except (OSError, ValueError) as exc:
         raise RelayError(f"cannot read {layout.status}: {exc}") from exc
     health = status_file.unit_health()
-    if current.get("state") != "stopped" and not status_file.pid_alive(current.get("pid")):
+    final = current.get("state") in ("stopped", "failed")  # written by relay as it exited
+    if not final and not status_file.pid_alive(current.get("pid")):
         # The writer died without saying so (SIGKILL, power loss): don't claim it runs.
         current["state_detail"] = f"not running (last seen {current.get('state')}, pid gone)"
         current["state"] = "stopped"

@@ -8,7 +8,10 @@ import secrets
 
 from relay import fsutil
 from relay.config import Config
+from relay.errors import StateError
 from relay.layout import OPERATOR_FILE_MODE, Layout
+
+MAX_TOPIC_BYTES = 1024
 
 
 def resolve_topic(config: Config, layout: Layout, *, create: bool = True) -> str | None:
@@ -19,7 +22,7 @@ def resolve_topic(config: Config, layout: Layout, *, create: bool = True) -> str
     if config.ntfy.topic:
         return config.ntfy.topic
     try:
-        topic = layout.topic.read_text(encoding="utf-8").strip()
+        topic = _read(layout)
         if topic:
             return topic
     except FileNotFoundError:
@@ -39,7 +42,27 @@ def resolve_topic(config: Config, layout: Layout, *, create: bool = True) -> str
     finally:
         os.unlink(tmp)
     _give_to_state_owner(layout)
-    return layout.topic.read_text(encoding="utf-8").strip()
+    return _read(layout)
+
+
+def _read(layout: Layout) -> str:
+    """The stored topic. Phones are subscribed to it, so a file relay cannot read safely
+    (a FIFO that would hang the start, a directory, a link, something huge or not text) is
+    never replaced by a new topic: it stops relay with what to do (StateError)."""
+    try:
+        data = fsutil.read_regular(layout.topic, MAX_TOPIC_BYTES, follow_symlinks=False)
+        if len(data) > MAX_TOPIC_BYTES:
+            raise ValueError(f"larger than {MAX_TOPIC_BYTES} bytes")
+        return data.decode("utf-8").strip()
+    except (FileNotFoundError, PermissionError):
+        raise  # no topic yet; or not ours to read (cli says who may)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StateError(
+            f"{layout.topic} cannot be read safely ({reason}): put the topic back in it as "
+            "one line (`relay-` and 32 letters), or remove it to have a new one made (phones "
+            "must then subscribe again)"
+        ) from exc
 
 
 def _give_to_state_owner(layout: Layout) -> None:
