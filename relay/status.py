@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from relay import fsutil
+from relay import fsutil, systemd
 from relay.layout import OPERATOR_FILE_MODE
 
 UNITS = ("relay.target", "relay-conversation.service", "relay-queue.path", "relay-jc.path")
@@ -45,7 +45,7 @@ def pid_alive(pid: Any) -> bool:
 
 def unit_health() -> dict[str, str] | None:
     """`systemctl is-active` for the relay units, when systemd runs this machine."""
-    if not Path("/run/systemd/system").is_dir() or shutil.which("systemctl") is None:
+    if not systemd.running_under_systemd() or shutil.which("systemctl") is None:
         return None
     result = subprocess.run(
         ["systemctl", "is-active", *UNITS], capture_output=True, text=True, timeout=10, check=False
