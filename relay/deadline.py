@@ -6,7 +6,9 @@ backend under httpx2 caps every connect, read and write by the time left until t
 call's deadline, and raises httpcore2's own timeouts once it has passed, which httpx2 and
 the SDK turn into `APITimeoutError` as for any time-out.
 
-Imported only by `AnthropicApi`, lazily, like `anthropic` itself.
+Imported only by `AnthropicApi`, lazily, like `anthropic` itself. One consequence of giving
+httpx2 a transport of our own: it no longer mounts proxies from HTTPS_PROXY/ALL_PROXY, which
+it does only for transports it makes itself (relay has never documented or tested a proxy).
 """
 
 from __future__ import annotations
