@@ -20,15 +20,6 @@ import yaml
 
 DEFAULT_TIMEOUT = 15.0
 
-# One of each kind of refusal, for the foreground and the systemd end-to-end tests alike.
-MALFORMED_ENVELOPES: dict[str, bytes] = {
-    "notjson.json": b"{not json",
-    "badutf8.json": b'{"session_id": "session-1", "content": "\xff\xfe"}',
-    "unknown.json": json.dumps({"session_id": "session-9", "content": "x"}).encode(),
-    "empty.json": json.dumps({"session_id": "session-1", "content": "  "}).encode(),
-    "types.json": json.dumps({"session_id": 1, "content": "x"}).encode(),
-}
-
 
 def write_config(directory: Path, api_url: str, **overrides: Any) -> Path:
     """A config for a relay whose data lives in `directory/data`, talking to `api_url`."""

@@ -16,6 +16,7 @@ from relay.layout import Layout
 ME = process(os.getpid())
 PARENT = process(os.getppid())
 DEAD = Process(os.getpid(), -1)  # our PID, another start time: a process long gone
+TAKER = Path(__file__).parent / "programs" / "mailbox_taker.py"
 
 
 @pytest.fixture
@@ -112,21 +113,10 @@ def test_two_replies_with_the_same_text_have_different_tags(box: Mailbox) -> Non
 
 def test_only_one_of_many_processes_takes_a_reply(box: Mailbox) -> None:
     dispatch(box, "exactly once")
-    code = (
-        "import os, sys\n"
-        "from relay.cc.identity import process\n"
-        "from relay.cc.mailbox import Mailbox\n"
-        "from relay.layout import Layout\n"
-        "from pathlib import Path\n"
-        "box = Mailbox(Layout(Path(sys.argv[1])), 'session-1')\n"
-        "sys.stdin.readline()\n"
-        "print('took' if box.take(process(os.getpid()), None) else 'no', flush=True)\n"
-        "sys.stdin.read()  # stay alive, holding what we took, until all have tried\n"
-    )
     root = str(box.directory.parents[1])
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", code, root],
+            [sys.executable, str(TAKER), root],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

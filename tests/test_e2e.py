@@ -1,264 +1,708 @@
-"""The original design's end-to-end behaviours, through a real `relay run` process, the
-real SDK and a stand-in Messages API on loopback. Driven only through the ⚑ contract."""
+"""relay's end-to-end behaviours, one scenario suite over every deployment (tests/deployment.py):
+each scenario runs against a real `relay run` in the foreground and against the real Debian
+package under a real systemd 252 (system tests: a container, so they need root). Both use the
+real SDK against a stand-in Messages API on loopback, and touch relay only through the ⚑
+contract. What exists only under systemd (units, watchdog, journal, credentials, path-unit
+limits) is at the end, driven the same way; faults are injected with drop-ins on the real
+units, never with a stand-in for relay.
+"""
 
 from __future__ import annotations
 
 import json
+import re
+import secrets
 import time
-from pathlib import Path
+from typing import Any
 
-from tests.relayproc import MALFORMED_ENVELOPES, RelayProcess, wait_for, write_config
-from tests.standin.api import Reply, StandinAPI, overloaded, without_breakpoints
+import pytest
+
+from tests.check_units import EXPOSURE_LIMITS, UNITS_DIR, unit_files
+from tests.deployment import SESSIONS, TOPIC, Deployment, input_txt
+from tests.programs.queue_writer import content, session_for
+from tests.standin.api import (
+    RecordedRequest,
+    Reply,
+    StandinAPI,
+    credit_balance_too_low,
+    overloaded,
+    without_breakpoints,
+)
 from tests.standin.ntfy import StandinNtfy
+from tests.system.packaged import CONVERSATION, Packaged
+from tests.system.relaydeb import DATA, KEY_PATH
+
+system = pytest.mark.system
+installed_with = pytest.mark.installed_with
+
+# One of each kind of refusal.
+MALFORMED_ENVELOPES: dict[str, bytes] = {
+    "notjson.json": b"{not json",
+    "badutf8.json": b'{"session_id": "session-1", "content": "\xff\xfe"}',
+    "unknown.json": json.dumps({"session_id": "session-9", "content": "x"}).encode(),
+    "empty.json": json.dumps({"session_id": "session-1", "content": "  "}).encode(),
+    "types.json": json.dumps({"session_id": 1, "content": "x"}).encode(),
+}
+# Every way a path unit or its handler can be wedged by its limits (docs/systemd.md §1.3).
+LIMIT_HITS = (
+    "start-limit-hit",
+    "unit-start-limit-hit",
+    "trigger-limit-hit",
+    "Start request repeated too quickly",
+    "Trigger limit hit",
+)
+HANDLERS = ("relay-queue.service", "relay-jc.service")
+UNIT_DIR = "/lib/systemd/system"
 
 
-def test_queue_entry_is_sent_and_its_reply_dispatched(relay: RelayProcess, api: StandinAPI) -> None:
-    relay.submit("session-1", "What should I do next?")
-    reply = relay.wait_input("session-1")
-    assert reply == "ack: [from session-1] What should I do next?"
-    assert relay.queue_names() == []
-    call = api.message_calls()[-1]
-    body = call.body
+def sent_key(call: RecordedRequest) -> str:
+    """The API key a Messages call carried (the SDK sends x-api-key or a bearer token)."""
+    return call.headers.get("x-api-key") or call.headers.get("authorization", "").removeprefix(
+        "Bearer "
+    )
+
+
+def calls_with(api: StandinAPI, text: str) -> list[RecordedRequest]:
+    """Messages calls (answered or still in flight) whose newest user turn contains text."""
+    return [
+        call
+        for call in api.message_calls()
+        if isinstance(call.body, dict) and text in json.dumps(call.body["messages"][-1])
+    ]
+
+
+def reply(deployment: Deployment, text: str) -> None:
+    """`relay reply` as the operator runs it."""
+    done = deployment.cli("reply", "-", stdin=text)
+    assert done.returncode == 0, done
+
+
+def pause(deployment: Deployment, session: str, question: str) -> None:
+    """`session` asks something only the operator can answer; relay pauses."""
+    deployment.submit(session, f"[[reply: [NEEDS-JC] {question}]]")
+    deployment.wait_status(lambda s: s["state"] == "needs_jc")
+
+
+def settle(deployment: Deployment, seconds: float) -> None:
+    """Give relay time to do what it must not do (a second reply would come at once)."""
+    time.sleep(seconds)
+
+
+# ----- 1. the engine, through every deployment ---------------------------------------------
+
+
+def test_queue_entry_is_sent_and_its_reply_dispatched(
+    deployment: Deployment, api: StandinAPI
+) -> None:
+    deployment.submit("session-1", "What should I do next?")
+    assert deployment.consume("session-1") == "ack: [from session-1] What should I do next?"
+    assert deployment.queue_names() == []
+    (call,) = api.message_calls()
     # The user turn names its session; the system prompt and the new turn are cacheable.
-    assert body["messages"][-1]["content"][-1]["text"].startswith("[from session-1]\n")
-    assert body["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
-    assert body["system"][0]["cache_control"] == {"type": "ephemeral"}
-    assert "authorization" in call.headers or "x-api-key" in call.headers
+    turn = call.body["messages"][-1]["content"][-1]
+    assert turn["text"].startswith("[from session-1]\n")
+    assert turn["cache_control"] == {"type": "ephemeral"}
+    assert call.body["system"][0]["cache_control"] == {"type": "ephemeral"}
+    assert sent_key(call) == deployment.key
 
 
 def test_conversation_prefix_is_byte_stable_and_read_from_cache(
-    relay: RelayProcess, api: StandinAPI
+    deployment: Deployment, api: StandinAPI
 ) -> None:
-    relay.submit("session-1", "first")
-    relay.consume("session-1")
-    relay.submit("session-2", "second")
-    relay.consume("session-2")
-    first, second = api.message_calls()[-2:]
-
+    deployment.submit("session-1", "first")
+    deployment.consume("session-1")
+    deployment.submit("session-2", "second")
+    deployment.consume("session-2")
+    first, second = api.message_calls()
     assert without_breakpoints(second.body["messages"][:1]) == without_breakpoints(
         first.body["messages"]
     )
     assert second.body["messages"][1]["content"][0]["text"] == "ack: [from session-1] first"
-    ledger = [
-        json.loads(line)
-        for line in (relay.data / "state" / "ledger.jsonl").read_text().splitlines()
-    ]
-    assert ledger[1]["usage"]["cache_read_tokens"] > 0
+    ledger = deployment.lines("state/ledger.jsonl")
+    assert len(ledger) == 2
     assert ledger[0]["usage"]["cache_write_tokens"] > 0
+    assert ledger[1]["usage"]["cache_read_tokens"] > 0
     assert all(entry["cost_usd"] > 0 for entry in ledger)
 
 
 def test_needs_jc_pauses_without_dispatch_and_pushes(
-    relay: RelayProcess, api: StandinAPI, ntfy: StandinNtfy
+    deployment: Deployment, ntfy: StandinNtfy
 ) -> None:
-    relay.submit("session-1", "[[reply: [NEEDS-JC] Should we delete the old branch?]]")
-    status = relay.wait_status(lambda s: s["state"] == "needs_jc")
+    deployment.submit("session-1", "[[reply: [NEEDS-JC] Should we delete the old branch?]]")
+    status = deployment.wait_status(lambda s: s["state"] == "needs_jc")
     assert status["last_needs_jc_text"].startswith("[NEEDS-JC] Should we delete")
-    (push,) = ntfy.wait_for(1)
-    assert push.topic == "relay-test"
+    assert status["needs_jc_session"] == "session-1"
+    (push,) = ntfy.wait_for(1, timeout=10)
+    assert push.topic == TOPIC
     assert push.priority >= 4
     assert "delete the old branch" in push.message
     assert push.title and "session-1" in push.title
-    time.sleep(0.3)
-    assert not relay.input_file("session-1").exists()
-    assert list((relay.data / "dispatch" / "session-1" / ".pending").iterdir()) == []
+    settle(deployment, 0.5)
+    assert not deployment.exists(input_txt("session-1"))
+    assert deployment.listing("dispatch/session-1/.pending") == []
+    if isinstance(deployment, Packaged):
+        assert "needs_jc" in deployment.show(CONVERSATION, "StatusText")
 
 
-def test_pause_holds_later_queue_entries(relay: RelayProcess, api: StandinAPI) -> None:
-    relay.submit("session-1", "[[reply: [NEEDS-JC] approve?]]")
-    relay.wait_status(lambda s: s["state"] == "needs_jc")
+def test_pause_holds_later_queue_entries(deployment: Deployment, api: StandinAPI) -> None:
+    pause(deployment, "session-1", "approve?")
     calls = len(api.message_calls())
-    relay.submit("session-2", "held 1")
-    relay.submit("session-1", "held 2")
+    deployment.submit("session-2", "held 1")
+    deployment.submit("session-1", "held 2")
     # Accepted (the queue empties) but not sent to the API while paused.
-    wait_for(lambda: relay.queue_names() == [], what="intake")
-    status = relay.wait_status(lambda s: s["inbox"] == 2)
-    time.sleep(0.3)
+    deployment.wait_for(lambda: deployment.queue_names() == [], "intake")
+    status = deployment.wait_status(lambda s: s["inbox"] == 2)
+    settle(deployment, 0.5)
     assert len(api.message_calls()) == calls
     assert status["state"] == "needs_jc"
-    assert not relay.input_file("session-2").exists()
+    assert not deployment.exists(input_txt("session-2"))
+    assert not deployment.exists(input_txt("session-1"))
 
 
-def test_direct_operator_message_skips_the_api(relay: RelayProcess, api: StandinAPI) -> None:
-    relay.submit("session-1", "[[reply: [NEEDS-JC] which database?]]")
-    relay.wait_status(lambda s: s["state"] == "needs_jc")
+def test_direct_operator_message_skips_the_api(deployment: Deployment, api: StandinAPI) -> None:
+    pause(deployment, "session-1", "which database?")
     calls = len(api.message_calls())
-    done = relay.cli("reply", "-", stdin="@session-2: please run the tests\nand report back")
-    assert done.returncode == 0, done.stderr
-    assert relay.wait_input("session-2") == "please run the tests\nand report back"
-    assert not (relay.data / "state" / "jc_input.txt").exists()
+    reply(deployment, "@session-2: please run the tests\nand report back")
+    assert deployment.consume("session-2") == "please run the tests\nand report back"
+    assert not deployment.exists("state/jc_input.txt")
     assert len(api.message_calls()) == calls
     # A direct message does not lift the pause.
-    assert relay.wait_status(lambda s: s["state"] == "needs_jc")
+    assert deployment.wait_status(lambda s: s["state"] == "needs_jc")["inbox"] == 0
+
+
+def test_direct_operator_message_is_dispatched_at_once(deployment: Deployment) -> None:
+    # Five tries, because another event sometimes wakes the loop in time; each must be
+    # delivered as promptly as a queue entry's reply is.
+    for attempt in range(5):
+        reply(deployment, f"@session-2: direct {attempt}")
+        assert deployment.consume("session-2", timeout=2.5) == f"direct {attempt}"
 
 
 def test_operator_answer_lifts_the_pause_and_goes_to_the_raising_session(
-    relay: RelayProcess, api: StandinAPI
+    deployment: Deployment,
 ) -> None:
-    relay.submit("session-2", "[[reply: [NEEDS-JC] may I force-push?]]")
-    relay.wait_status(lambda s: s["state"] == "needs_jc")
-    relay.submit("session-1", "held while paused")
-    wait_for(lambda: relay.queue_names() == [], what="intake")
-    relay.reply("No force-push. Rebase instead.")
-    answer = relay.consume("session-2")
+    pause(deployment, "session-2", "may I force-push?")
+    deployment.submit("session-1", "held while paused")
+    deployment.wait_for(lambda: deployment.queue_names() == [], "intake")
+    reply(deployment, "No force-push. Rebase instead.")
+    answer = deployment.consume("session-2")
     assert answer == "ack: [from operator] No force-push. Rebase instead."
-    assert not (relay.data / "state" / "jc_input.txt").exists()
+    assert not deployment.exists("state/jc_input.txt")
     # The held entry now goes through.
-    assert relay.consume("session-1") == "ack: [from session-1] held while paused"
-    status = relay.wait_status(lambda s: s["state"] == "running" and s["inbox"] == 0)
+    assert deployment.consume("session-1") == "ack: [from session-1] held while paused"
+    status = deployment.wait_status(lambda s: s["state"] == "running" and s["inbox"] == 0)
     assert status["last_dispatch_session"] == "session-1"
-    operator_turn = next(r for r in relay.history() if r.get("session") == "operator")
+    operator_turn = next(r for r in deployment.history() if r.get("session") == "operator")
     assert operator_turn["target"] == "session-2"
 
 
 def test_operator_turn_without_a_pause_goes_to_the_last_active_session(
-    relay: RelayProcess,
+    deployment: Deployment,
 ) -> None:
-    relay.submit("session-2", "status report")
-    relay.consume("session-2")
-    relay.reply("Good work; continue.")
-    assert relay.consume("session-2") == "ack: [from operator] Good work; continue."
+    deployment.submit("session-2", "status report")
+    deployment.consume("session-2")
+    reply(deployment, "Good work; continue.")
+    assert deployment.consume("session-2") == "ack: [from operator] Good work; continue."
 
 
-def test_malformed_files_are_rejected_and_the_loop_goes_on(relay: RelayProcess) -> None:
-    bad = MALFORMED_ENVELOPES
-    for name, data in bad.items():
-        relay.drop(name, data)
-    relay.submit("session-1", "still alive?")
-    assert relay.consume("session-1") == "ack: [from session-1] still alive?"
-    rejected = relay.data / "queue" / ".rejected"
-    for name, data in bad.items():
-        assert (rejected / name).read_bytes() == data
-        reason = (rejected / f"{name}.reason").read_text()
-        assert reason.endswith("\n") and reason.count("\n") == 1
-    assert "unknown session_id 'session-9'" in (rejected / "unknown.json.reason").read_text()
-    assert not (relay.data / "dispatch" / "session-9").exists()
-    assert relay.queue_names() == []
+def test_operator_input_is_always_consumed(deployment: Deployment) -> None:
+    """jc_input.txt written again and again, also over itself while relay takes the last
+    one: every write is consumed, none is taken twice, and relay-jc.path never wedges."""
+    for i in range(4):
+        deployment.write("state/jc_input.txt", f"@session-2: operator says {i}".encode())
+        assert deployment.consume("session-2") == f"operator says {i}"
+    for i in range(5):  # back to back: a write may replace one relay has not seen
+        deployment.write("state/jc_input.txt", f"@session-2: rapid {i}".encode())
+    deployment.wait_for(lambda: not deployment.exists("state/jc_input.txt"), "jc_input consumed")
+    taken = [deployment.consume("session-2")]
+    while taken[-1] != "rapid 4":
+        taken.append(deployment.consume("session-2"))
+    assert taken == sorted(set(taken)), taken
+    if isinstance(deployment, Packaged):
+        assert deployment.show("relay-jc.path", "ActiveState") == "active"
+        log = deployment.journal_text("-u", "relay-jc.service", "-u", "relay-jc.path")
+        assert not [hit for hit in LIMIT_HITS if hit in log]
 
 
-def test_second_reply_waits_until_the_first_is_consumed(relay: RelayProcess) -> None:
-    relay.submit("session-1", "one")
-    assert relay.wait_input("session-1") == "ack: [from session-1] one"
-    relay.submit("session-1", "two")
-    relay.submit("session-1", "three")
-    relay.wait_status(lambda s: s["pending"]["session-1"] == 2)
-    assert relay.input_file("session-1").read_text() == "ack: [from session-1] one"
-    relay.input_file("session-1").unlink()
-    assert relay.consume("session-1") == "ack: [from session-1] two"
-    assert relay.consume("session-1") == "ack: [from session-1] three"
+def test_malformed_files_are_rejected_and_the_loop_goes_on(deployment: Deployment) -> None:
+    for name, data in MALFORMED_ENVELOPES.items():
+        deployment.write(f"queue/{name}", data)
+    # A symlink is refused, never followed (here it points at a file only root may read).
+    deployment.symlink("queue/link.json", "/etc/shadow")
+    deployment.submit("session-1", "still alive?")
+    assert deployment.consume("session-1") == "ack: [from session-1] still alive?"
+    expected = 2 * (len(MALFORMED_ENVELOPES) + 1)
+    deployment.wait_for(lambda: len(deployment.listing("queue/.rejected")) == expected, "rejects")
+    for name, data in MALFORMED_ENVELOPES.items():
+        assert deployment.read_bytes(f"queue/.rejected/{name}") == data, name
+        reason = deployment.read(f"queue/.rejected/{name}.reason")
+        assert reason and reason.endswith("\n") and reason.count("\n") == 1, reason
+    unknown = deployment.read("queue/.rejected/unknown.json.reason")
+    assert unknown and "unknown session_id 'session-9'" in unknown
+    assert "symlink" in (deployment.read("queue/.rejected/link.json.reason") or "")
+    assert not deployment.exists("dispatch/session-9")
+    assert deployment.queue_names() == []
+    if isinstance(deployment, Packaged):
+        assert deployment.show("relay-queue.path", "ActiveState") == "active"
 
 
-def test_status_persists_across_a_restart(relay: RelayProcess) -> None:
-    relay.submit("session-2", "hello")
-    relay.consume("session-2")
-    status = relay.wait_status(lambda s: s["history_turns"] == 1)
-    assert status["state"] == "running"
-    assert status["last_dispatch_session"] == "session-2"
-    assert relay.stop() == 0
-    stopped = relay.status()
-    assert stopped is not None and stopped["state"] == "stopped"
-    relay.start()
-    status = relay.wait_status(lambda s: s["state"] == "running")
-    assert status["history_turns"] == 1
-    assert status["last_dispatch_session"] == "session-2"
-    shown = relay.cli("status")
-    assert shown.returncode == 0, shown.stderr
-    assert "running" in shown.stdout and "session-2" in shown.stdout
-    as_json = json.loads(relay.cli("status", "--json").stdout)
+def test_second_reply_waits_until_the_first_is_consumed(deployment: Deployment) -> None:
+    deployment.submit("session-1", "one")
+    assert deployment.wait_input("session-1") == "ack: [from session-1] one"
+    deployment.submit("session-1", "two")
+    deployment.submit("session-1", "three")
+    deployment.wait_status(lambda s: s["pending"]["session-1"] == 2)
+    assert deployment.read(input_txt("session-1")) == "ack: [from session-1] one"
+    deployment.remove(input_txt("session-1"))
+    assert deployment.consume("session-1") == "ack: [from session-1] two"
+    assert deployment.consume("session-1") == "ack: [from session-1] three"
+
+
+def test_status_persists_across_a_restart(deployment: Deployment) -> None:
+    deployment.submit("session-2", "hello")
+    deployment.consume("session-2")
+    before = deployment.wait_status(lambda s: s["history_turns"] == 1)
+    assert before["state"] == "running"
+    assert before["last_dispatch_session"] == "session-2"
+    deployment.stop()
+    assert (deployment.status() or {})["state"] == "stopped"
+    shown = deployment.cli("status").stdout
+    assert "stopped" in shown
+    if isinstance(deployment, Packaged):
+        assert f"{CONVERSATION} inactive" in shown
+    deployment.start()
+    after = deployment.wait_status(lambda s: s["state"] == "running" and s["pid"] != before["pid"])
+    assert after["pid"] == deployment.service_pid()
+    assert after["history_turns"] == 1
+    assert after["last_dispatch_session"] == "session-2"
+    shown = deployment.cli("status").stdout
+    assert "running" in shown and "session-2" in shown
+    as_json = json.loads(deployment.cli("status", "--json").stdout)
     assert as_json["history_turns"] == 1
-    relay.kill()  # a SIGKILL leaves "running" in status.json; `relay status` knows better
-    killed = json.loads(relay.cli("status", "--json").stdout)
-    assert killed["state"] == "stopped" and killed["stale"] is True
+    if isinstance(deployment, Packaged):
+        units = ("relay.target", CONVERSATION, "relay-queue.path", "relay-jc.path")
+        assert as_json["units"] == dict.fromkeys(units, "active")
+    else:
+        assert "units" not in as_json  # no systemd here
+        deployment.kill()  # a SIGKILL leaves "running" in status.json; `relay status` knows
+        killed = json.loads(deployment.cli("status", "--json").stdout)
+        assert killed["state"] == "stopped" and killed["stale"] is True
 
 
-def test_summarization_at_the_cap(
-    tmp_path: Path, api: StandinAPI, relay_factory: list[RelayProcess]
-) -> None:
-    config = write_config(
-        tmp_path,
-        api.url,
-        history_char_cap=2000,
-        keep_recent_turns=2,
-        summarization_prompt="SUMMARIZE-NOW",
-    )
-    relay = RelayProcess(config)
-    relay_factory.append(relay)
-    relay.start()
+@installed_with(history_char_cap=2000, keep_recent_turns=2, summarization_prompt="SUMMARIZE-NOW")
+def test_summarization_at_the_cap(deployment: Deployment, api: StandinAPI) -> None:
     for i in range(6):
-        relay.submit("session-1", f"turn {i} " + "x" * 400)
-        assert relay.consume("session-1").startswith(f"ack: [from session-1] turn {i}")
-    wait_for(lambda: relay.history()[0]["kind"] == "summary", what="a summary")
-    records = relay.history()
-    assert records[0]["kind"] == "summary"
+        deployment.submit("session-1", f"turn {i} " + "x" * 400)
+        assert deployment.consume("session-1").startswith(f"ack: [from session-1] turn {i}")
+    deployment.wait_for(lambda: deployment.history()[0]["kind"] == "summary", "a summary")
+    records = deployment.history()
     assert records[0]["text"].startswith("ack: [from relay] SUMMARIZE-NOW")
     assert [r["kind"] for r in records[1:]] == ["turn"] * (len(records) - 1)
-    archives = list((relay.data / "state" / "archive").iterdir())
-    assert archives, "the old history is archived"
-    summary_calls = [
-        c for c in api.message_calls() if "SUMMARIZE-NOW" in json.dumps(c.body["messages"][-1])
-    ]
-    assert len(summary_calls) >= 1
+    assert deployment.listing("state/archive"), "the old history is archived"
+    assert calls_with(api, "SUMMARIZE-NOW")
     # Each summarization replaced the history once: summarized turns are gone from it.
     assert all("turn 0" not in r.get("user", "") for r in records)
     # The next turn carries the summary at the head of the conversation.
-    relay.submit("session-2", "after the summary")
-    relay.consume("session-2")
+    deployment.submit("session-2", "after the summary")
+    deployment.consume("session-2")
     head = api.message_calls()[-1].body["messages"][0]["content"][0]["text"]
     assert head.startswith("Summary of the conversation so far")
+    summarized = deployment.events("RELAY_EVENT=summarized")
+    assert summarized and all(float(e["RELAY_COST_USD"]) > 0 for e in summarized)
 
 
-def test_transient_api_error_backs_off_and_retries(relay: RelayProcess, api: StandinAPI) -> None:
-    api.script(overloaded(retry_after=0.2))
-    relay.submit("session-1", "patience")
-    assert relay.consume("session-1") == "ack: [from session-1] patience"
-    assert [c.status for c in api.message_calls()][-2:] == [529, 200]
+def test_transient_api_error_backs_off_and_retries(deployment: Deployment, api: StandinAPI) -> None:
+    api.script(overloaded(retry_after=0.5))
+    deployment.submit("session-1", "patience")
+    assert deployment.consume("session-1") == "ack: [from session-1] patience"
+    assert [c.status for c in api.message_calls()] == [529, 200]
+    (error,) = deployment.events("RELAY_EVENT=api_error")
+    assert error["RELAY_SESSION"] == "session-1"
 
 
-def test_no_key_runs_processes_nothing_and_says_so(
-    tmp_path: Path, api: StandinAPI, relay_factory: list[RelayProcess]
+@installed_with(key=None)
+def test_no_key_keeps_relay_up_processing_nothing_and_saying_so(
+    deployment: Deployment, api: StandinAPI
 ) -> None:
-    config = write_config(tmp_path, api.url)
-    relay = RelayProcess(config, env={"ANTHROPIC_API_KEY": ""})
-    relay_factory.append(relay)
-    relay.start()
-    relay.submit("session-1", "anyone?")
-    status = relay.wait_status(lambda s: s["inbox"] == 1)
+    started = time.monotonic()
+    pid = deployment.service_pid()
+    deployment.submit("session-1", "anyone?")
+    status = deployment.wait_status(lambda s: s["inbox"] == 1)
     assert status["state"] == "blocked"
     assert status["api_key"] is False and "credstore" in status["api_key_help"]
-    shown = relay.cli("status")
-    assert "MISSING" in shown.stdout
+    assert "MISSING" in deployment.cli("status").stdout
+    if isinstance(deployment, Packaged):
+        shown = deployment.c.systemctl("status", CONVERSATION).stdout
+        (line,) = [x.strip() for x in shown.splitlines() if x.strip().startswith("Status:")]
+        assert "no API key" in line and KEY_PATH in line, shown
+        # A bare credstore name: no key is no credential, and no failed unit.
+        assert not deployment.exists(f"/run/credentials/{CONVERSATION}/anthropic-api-key")
+        # Longer than RestartSec=5s: a crash and restart would show in MainPID.
+        settle(deployment, max(0.0, started + 6.0 - time.monotonic()))
+        assert deployment.show(CONVERSATION, "SubState") == "running"
+    assert deployment.service_pid() == pid
     assert api.message_calls() == []
-    # The key appears (a .env beside the config): processing starts without a restart.
-    (tmp_path / ".env").write_text("ANTHROPIC_API_KEY=sk-late\n")
-    assert relay.consume("session-1") == "ack: [from session-1] anyone?"
-    assert "sk-late" not in relay.log() and "sk-late" not in json.dumps(relay.status())
+    # The key appears where the README says; the waiting envelope goes through.
+    key = f"sk-late-{secrets.token_hex(8)}"
+    deployment.set_key(key)
+    assert deployment.consume("session-1") == "ack: [from session-1] anyone?"
+    assert sent_key(api.message_calls()[-1]) == key
+    assert deployment.wait_status(lambda s: s["inbox"] == 0)["api_key"] is True
+    assert key not in deployment.log_text() and key not in json.dumps(deployment.status())
 
 
-def test_idempotent_submission_by_id(relay: RelayProcess, api: StandinAPI) -> None:
-    relay.submit("session-1", "once", envelope_id="abc-1")
-    relay.consume("session-1")
-    relay.submit("session-1", "once", envelope_id="abc-1")
-    wait_for(lambda: list((relay.data / "queue" / ".rejected").glob("*.reason")), what="reject")
-    reason = next((relay.data / "queue" / ".rejected").glob("*.reason")).read_text()
-    assert "duplicate id" in reason
+def test_idempotent_submission_by_id(deployment: Deployment, api: StandinAPI) -> None:
+    deployment.submit("session-1", "once", envelope_id="abc-1")
+    deployment.consume("session-1")
+    deployment.submit("session-1", "once", envelope_id="abc-1")
+    (reason,) = deployment.wait_for(
+        lambda: [n for n in deployment.listing("queue/.rejected") if n.endswith(".reason")],
+        "the duplicate rejected",
+    )
+    assert "duplicate id" in (deployment.read(f"queue/.rejected/{reason}") or "")
     assert len(api.message_calls()) == 1
 
 
 def test_credit_exhaustion_blocks_and_keeps_the_envelope(
-    relay: RelayProcess, api: StandinAPI, ntfy: StandinNtfy
+    deployment: Deployment, api: StandinAPI, ntfy: StandinNtfy
 ) -> None:
-    from tests.standin.api import credit_balance_too_low
-
     api.script(credit_balance_too_low())
-    relay.submit("session-1", "costly")
-    status = relay.wait_status(lambda s: s["state"] == "blocked")
+    deployment.submit("session-1", "costly")
+    status = deployment.wait_status(lambda s: s["state"] == "blocked")
     assert "credit balance" in status["last_error"]
     assert status["inbox"] == 1
-    (push,) = ntfy.wait_for(1)
+    (push,) = ntfy.wait_for(1, timeout=10)
     assert "credit" in push.message
+    if isinstance(deployment, Packaged):  # blocked is not failed: it runs on and says why
+        assert deployment.show(CONVERSATION, "ActiveState") == "active"
+        assert "blocked" in deployment.show(CONVERSATION, "StatusText")
 
 
-def test_scripted_reply_text_is_delivered_verbatim(relay: RelayProcess, api: StandinAPI) -> None:
+def test_scripted_reply_text_is_delivered_verbatim(deployment: Deployment, api: StandinAPI) -> None:
     api.script(Reply("line one\nline two — ünïcödé"))
-    relay.submit("session-2", "go")
-    assert relay.consume("session-2") == "line one\nline two — ünïcödé"
+    deployment.submit("session-2", "go")
+    assert deployment.consume("session-2") == "line one\nline two — ünïcödé"
+
+
+def test_sigkill_during_an_api_call_dispatches_exactly_once(
+    deployment: Deployment, api: StandinAPI
+) -> None:
+    systemd = deployment if isinstance(deployment, Packaged) else None
+    restarts = int(systemd.show(CONVERSATION, "NRestarts")) if systemd else 0
+    deployment.submit("session-1", "[[delay: 3]] slow question")
+    deployment.wait_for(lambda: calls_with(api, "slow question"), "the call")
+    assert calls_with(api, "slow question")[0].status is None, "the call is still in flight"
+    deployment.kill()
+    deployment.recover()
+    assert deployment.consume("session-1") == "ack: [from session-1] [[delay: 3]] slow question"
+    deployment.wait_status(lambda s: s["inbox"] == 0 and s["state"] == "running")
+    settle(deployment, 1.0)
+    assert not deployment.exists(input_txt("session-1"))
+    assert deployment.listing("dispatch/session-1/.pending") == []
+    (turn,) = [r for r in deployment.history() if r.get("kind") == "turn"]
+    dispatched = deployment.events("RELAY_EVENT=dispatched")
+    assert [e["RELAY_ENVELOPE"] for e in dispatched] == [turn["key"]]
+    # The first call died with the process; the restarted relay asked again, once.
+    assert len(calls_with(api, "slow question")) == 2
+    if systemd:
+        assert "code=killed, status=9/KILL" in systemd.journal_text("-u", CONVERSATION)
+        assert int(systemd.show(CONVERSATION, "NRestarts")) == restarts + 1
+
+
+def exchange(
+    deployment: Deployment, api: StandinAPI, writers: int, per: int, *schedule: str
+) -> None:
+    """`writers` clients write `per` envelopes each (tests/programs/queue_writer.py, on that
+    `schedule`) while a consumer takes every reply as it comes: each envelope is answered
+    exactly once, to its session, and each writer's replies per session come in order."""
+    total = writers * per
+    log = deployment.scratch("consumed.jsonl")
+
+    def consumed() -> list[dict[str, Any]]:
+        return deployment.lines(log)
+
+    with deployment.background("reply_consumer.py", deployment.path(), log, *SESSIONS) as errors:
+        deployment.run_program(
+            "queue_writer.py", deployment.path("queue"), str(writers), str(per), *schedule
+        )
+        deployment.wait_for(lambda: len(consumed()) >= total, f"{total} replies", timeout=180)
+        settle(deployment, 1.0)  # anything answered twice would show up now
+        records = consumed()
+    assert errors() == ""
+    assert len(records) == total, f"{len(records)} replies for {total} envelopes"
+    answered = [(r["session"], r["text"]) for r in records]
+    assert len(set(answered)) == total, "an envelope was answered twice"
+    expected = [
+        (session_for(w, n), f"ack: [from {session_for(w, n)}] {content(w, n)}")
+        for w in range(writers)
+        for n in range(per)
+    ]
+    assert set(answered) == set(expected)
+    for session in SESSIONS:
+        for w in range(writers):
+            mine = [text for s, text in answered if s == session and f" burst w{w} " in text]
+            assert mine == [t for s, t in expected if s == session and f" burst w{w} " in t]
+    assert len(api.message_calls()) == total
+    status = deployment.wait_status(lambda s: s["inbox"] == 0)
+    assert status["pending"] == dict.fromkeys(SESSIONS, 0)
+    assert status["history_turns"] == total
+    assert deployment.queue_names() == [] and deployment.listing("queue/.rejected") == []
+
+
+def test_burst_from_many_writers_is_answered_exactly_once_in_order(
+    deployment: Deployment, api: StandinAPI
+) -> None:
+    # Three waves: the second starts 3.5 s after the first, when the queue handler (which
+    # ends after 2 s without new envelopes) has exited, so the path unit must start it again;
+    # the third 2.05 s after that, about when the handler is exiting, when the path unit has
+    # no inotify watch and only its re-check after the handler stops sees the files
+    # (docs/systemd.md §1.2). In the foreground a third of it meets relay's one inotify loop
+    # (on a real disk, where every turn's fsyncs cost more than on the container's tmpfs).
+    systemd = isinstance(deployment, Packaged)
+    writers, per = 6, 84 if systemd else 28
+    exchange(deployment, api, writers, per, "0,3.5,5.55")
+    if isinstance(deployment, Packaged):
+        assert deployment.show("relay-queue.path", "ActiveState") == "active"
+        assert not [hit for hit in LIMIT_HITS if hit in deployment.journal_text()]
+        runs = re.findall(
+            r"intake queue: (\d+) accepted", deployment.journal_text("-t", "relay-queue")
+        )
+        assert sum(int(n) for n in runs) == writers * per
+        assert len(runs) >= 2, "the waves are meant to need several path-triggered runs"
+
+
+# ----- 2. only under systemd ----------------------------------------------------------------
+
+
+@system
+def test_trickle_never_hits_the_start_limit(packaged: Packaged, api: StandinAPI) -> None:
+    """70 envelopes 0.12 s apart: one handler run per file would be > 60 starts in 30 s,
+    which failed relay-queue.path in an early draft; the lingering handler takes them all."""
+    exchange(packaged, api, 1, 70, "0", "0.12")
+    assert packaged.show("relay-queue.path", "ActiveState") == "active"
+    assert not [hit for hit in LIMIT_HITS if hit in packaged.journal_text()]
+
+
+@system
+def test_clients_can_read_their_dispatch_files(packaged: Packaged) -> None:
+    # tmpfiles.d's modes survive the units starting (no StateDirectory= chown to relay:relay).
+    stat = ["stat", "-c", "%A %U %G", DATA, f"{DATA}/queue"]
+    assert packaged.c.run(stat).stdout.splitlines() == [
+        "drwxr-x--- relay relay-clients",
+        "drwxrws--T relay relay-clients",
+    ]
+    packaged.submit("session-1", "for a client's eyes")
+    packaged.wait_input("session-1")
+    session = f"{DATA}/dispatch/session-1"
+    stat = ["stat", "-c", "%A %U %G", session, f"{session}/input.txt"]
+    assert packaged.c.run(stat).stdout.splitlines() == [
+        "drwxrws--- relay relay-clients",
+        "-rw-r----- relay relay-clients",
+    ]
+
+
+@system
+def test_the_target_is_the_one_switch(packaged: Packaged) -> None:
+    members = (CONVERSATION, "relay-queue.path", "relay-jc.path")
+    packaged.c.systemctl("stop", "relay.target")
+    packaged.wait_for(
+        lambda: all(packaged.show(u, "ActiveState") == "inactive" for u in members),
+        "the members to stop",
+    )
+    # What a boot does: multi-user.target wants relay.target (enabled), which wants them.
+    assert packaged.c.systemctl("is-enabled", "relay.target").stdout.strip() == "enabled"
+    packaged.c.systemctl("start", "multi-user.target")
+    packaged.wait_for(
+        lambda: all(packaged.show(u, "ActiveState") == "active" for u in members), "members up"
+    )
+    for unit in members:
+        assert packaged.c.systemctl("is-enabled", unit, check=False).stdout.strip() == "static"
+    assert packaged.show("relay.target", "ActiveState") == "active"
+    assert packaged.show(CONVERSATION, "SubState") == "running"
+    assert packaged.show("relay-queue.path", "SubState") == "waiting"
+
+
+@system
+def test_watchdog_kills_a_hung_service_and_systemd_restarts_it(packaged: Packaged) -> None:
+    with packaged.dropin(CONVERSATION, "[Service]\nWatchdogSec=3s\n"):
+        packaged.c.systemctl("restart", CONVERSATION)
+        assert packaged.show(CONVERSATION, "WatchdogUSec") == "3s"
+        restarts = int(packaged.show(CONVERSATION, "NRestarts"))
+        hung = packaged.main_pid()
+        packaged.c.run(["kill", "-STOP", str(hung)])
+        try:
+            packaged.submit("session-1", "sent while hung")
+            packaged.submit("session-2", "also sent while hung")
+            packaged.wait_for(lambda: packaged.queue_names() == [], "intake meanwhile")
+            packaged.wait_restarted(hung)
+        finally:
+            packaged.c.run(["kill", "-CONT", str(hung)], check=False)  # gone by now, normally
+        assert packaged.consume("session-1") == "ack: [from session-1] sent while hung"
+        assert packaged.consume("session-2") == "ack: [from session-2] also sent while hung"
+        log = packaged.journal_text("-u", CONVERSATION)
+        assert "Watchdog timeout (limit 3s)!" in log, log
+        assert "Killing process" in log and "with signal SIGABRT" in log, log
+        assert "Failed with result 'watchdog'" in log, log
+        # faulthandler (PYTHONFAULTHANDLER=1; systemd also sends SIGCONT): the hung stack.
+        assert "Fatal Python error: Aborted" in log, log
+        assert re.search(r'File "/usr/lib/relay/lib/python3[^"]*/relay/\w+\.py", line \d+', log)
+        assert "Scheduled restart job" in log, log
+        # Restart= keeps the unit out of "failed", so no alert for a restart that worked.
+        assert "Triggering OnFailure=" not in log, log
+        assert int(packaged.show(CONVERSATION, "NRestarts")) == restarts + 1
+    packaged.c.systemctl("restart", CONVERSATION)
+    assert packaged.show(CONVERSATION, "WatchdogUSec") == "30s"
+
+
+@system
+def test_hung_handler_times_out_with_a_traceback_and_the_queue_goes_on(
+    packaged: Packaged,
+) -> None:
+    with packaged.dropin("relay-queue.service", "[Service]\nTimeoutStartSec=6s\n"):
+        packaged.submit("session-1", "taken by a handler that hangs")
+        # Once it has drained the queue it lingers for 2 s, in relay's code: stop it there.
+        hung = packaged.wait_for(
+            lambda: packaged.queue_names() == [] and packaged.main_pid(HANDLERS[0]),
+            "a handler lingering",
+        )
+        packaged.c.run(["kill", "-STOP", str(hung)])
+        packaged.wait_for(
+            lambda: "Failed with result 'timeout'" in packaged.journal_text("-u", HANDLERS[0]),
+            "the handler's start timeout",
+        )
+        log = packaged.journal_text("-u", HANDLERS[0])
+        # TimeoutStartFailureMode=abort: SIGABRT, so faulthandler shows where it hung.
+        assert "Fatal Python error: Aborted" in log, log
+        assert re.search(r'File "/usr/lib/relay/lib/python3[^"]*/relay/\w+\.py", line \d+', log)
+        packaged.wait_for(
+            lambda: packaged.show("relay-queue.path", "ActiveState") == "active", "re-armed"
+        )
+        packaged.submit("session-2", "after the hang")
+        assert packaged.consume("session-2") == "ack: [from session-2] after the hang"
+        expected = "ack: [from session-1] taken by a handler that hangs"
+        assert packaged.consume("session-1") == expected
+
+
+@system
+def test_failing_handler_fails_its_path_unit_which_alerts(
+    packaged: Packaged, ntfy: StandinNtfy
+) -> None:
+    """A handler that keeps failing (here: its config is gone) burns its start limit within
+    seconds; the path unit fails, and its OnFailure= pushes an urgent alert through ntfy."""
+    missing = "[Service]\nEnvironment=RELAY_CONFIG=/etc/relay/missing.yaml\n"
+    with packaged.dropin("relay-queue.service", missing):
+        packaged.submit("session-1", "stuck until the operator acts")
+        packaged.wait_for(
+            lambda: packaged.show("relay-queue.path", "Result") == "unit-start-limit-hit",
+            "relay-queue.path to fail",
+            timeout=60,
+        )
+        (push,) = ntfy.wait_for(1, timeout=20)
+    assert push.title == "relay: relay-queue.path failed"
+    assert push.priority == 5
+    recovery = push.message.split("Recover with: ", 1)[1]
+    packaged.c.run(["sh", "-c", recovery])  # what the push tells the operator to run
+    expected = "ack: [from session-1] stuck until the operator acts"
+    assert packaged.consume("session-1") == expected
+
+
+@system
+def test_journal_tells_one_sessions_story(packaged: Packaged) -> None:
+    packaged.submit("session-1", "my story")
+    other = packaged.submit("session-2", "someone else's story")
+    packaged.consume("session-1")
+    packaged.consume("session-2")
+    reply(packaged, "@session-1: straight from the operator")
+    assert packaged.consume("session-1") == "straight from the operator"
+    # The handlers' entries are final once they have exited (the queue handler lingers 2 s).
+    packaged.wait_for(
+        lambda: all(packaged.show(u, "ActiveState") == "inactive" for u in HANDLERS),
+        "the handlers to finish",
+    )
+    entries = packaged.journal("-u", "relay-*", "RELAY_SESSION=session-1")
+    events = [(e.get("RELAY_EVENT"), e.get("SYSLOG_IDENTIFIER")) for e in entries]
+    for entry in entries:
+        assert entry["SYSLOG_IDENTIFIER"].startswith("relay-"), entry
+        assert entry["RELAY_SESSION"] == "session-1", entry
+        assert entry["RELAY_EVENT"] and entry["RELAY_ENVELOPE"], entry
+        assert other not in entry["RELAY_ENVELOPE"], entry
+    accepted = [e for e in entries if e["RELAY_EVENT"] == "accepted"]
+    if not accepted:
+        lost = packaged.journal("-t", "relay-queue", "RELAY_SESSION=session-1")
+        units = [(e.get("RELAY_EVENT"), e.get("_SYSTEMD_UNIT")) for e in lost]
+        pytest.fail(f"no `accepted` via -u 'relay-*': {events}; by identifier: {units}")
+    (first,) = accepted
+    assert first["SYSLOG_IDENTIFIER"] == "relay-queue"
+    assert first["_SYSTEMD_UNIT"] == "relay-queue.service"
+    envelope = first["RELAY_ENVELOPE"]
+    story = [e["RELAY_EVENT"] for e in entries if e["RELAY_ENVELOPE"] == envelope]
+    assert story == ["accepted", "api_call", "dispatched"], events
+    (call,) = [e for e in entries if e["RELAY_EVENT"] == "api_call"]
+    assert call["SYSLOG_IDENTIFIER"] == "relay-conversation"
+    assert float(call["RELAY_COST_USD"]) > 0
+    direct = [e for e in entries if e["RELAY_ENVELOPE"] != envelope]
+    assert [e["RELAY_EVENT"] for e in direct] == ["direct", "dispatched"], events
+    assert all(e["_SYSTEMD_UNIT"] == CONVERSATION for e in direct)
+
+
+SECRET_KEY = f"sk-ant-api03-relaysystemtest-{secrets.token_hex(16)}"
+
+
+@system
+@installed_with(key=SECRET_KEY)
+def test_api_key_never_leaks(packaged: Packaged, api: StandinAPI) -> None:
+    key = SECRET_KEY
+    seen: list[dict[str, Any]] = json.loads(
+        packaged.run_program("key_scanner.py", stdin=key + "\n")
+    )
+    assert packaged.consume("session-1") == "ack: [from session-1] is it safe?"
+    assert packaged.consume("session-2") == "and this?"
+    # The key was really in use (so its absence below means something) ...
+    assert sent_key(api.message_calls()[-1]) == key
+    # ... and no relay process had it in its environment or command line.
+    cmdlines = [p["cmdline"] for p in seen]
+    for needle in ("relay serve", "relay intake queue", "relay intake jc"):
+        assert any(needle in cmd for cmd in cmdlines), f"never caught {needle!r}: {cmdlines}"
+    for proc in seen:
+        assert not proc["key_in_environ"], f"key in a relay process's environment: {proc}"
+        assert not proc["key_in_cmdline"], f"key on a relay process's command line: {proc}"
+        assert "ANTHROPIC_API_KEY" not in proc["environ_names"], proc
+    (serve,) = [p for p in seen if p["cmdline"].endswith("relay serve")]
+    assert serve["unit"] == CONVERSATION
+    assert "CREDENTIALS_DIRECTORY" in serve["environ_names"]
+    environ = packaged.c.run(["cat", f"/proc/{packaged.main_pid()}/environ"]).stdout
+    assert "CREDENTIALS_DIRECTORY=" in environ and key not in environ
+    # The credential: readable by relay alone.
+    credential = f"/run/credentials/{CONVERSATION}/anthropic-api-key"
+    assert packaged.c.run(["stat", "-c", "%a %U", credential]).stdout.split() == ["400", "relay"]
+    # Not in the journal (every field, however long), not in status, nowhere in relay's data.
+    assert key not in packaged.c.run(["journalctl", "--no-pager", "-o", "json", "--all"]).stdout
+    assert key not in (packaged.read("state/status.json") or "")
+    assert key not in packaged.cli("status", "--json").stdout
+    assert key not in packaged.cli("status").stdout
+    found = packaged.c.run(["grep", "-rlF", key, DATA, "/etc/relay"], check=False)
+    assert found.returncode == 1, f"key found in {found.stdout}"
+
+
+@system
+def test_installed_units_verify_and_stay_within_exposure_limits(packaged: Packaged) -> None:
+    c = packaged.c
+    installed = sorted(n for n in c.run(["ls", UNIT_DIR]).stdout.split() if n.startswith("relay"))
+    assert installed == [p.name for p in unit_files(UNITS_DIR)]
+    verify = c.run(["systemd-analyze", "verify", *(f"{UNIT_DIR}/{n}" for n in installed)])
+    assert (verify.stdout + verify.stderr) == ""
+
+    def security(name: str, threshold: float) -> tuple[int, str]:
+        args = ["--offline=yes", "--no-pager", f"--threshold={round(threshold * 10)}", f"./{name}"]
+        script = f'cd {UNIT_DIR} && exec systemd-analyze security "$@"'
+        done = c.run(["sh", "-c", script, "sh", *args], check=False)
+        return done.returncode, done.stdout
+
+    for name in installed:
+        if name.endswith(".service"):
+            code, out = security(name, EXPOSURE_LIMITS[name])
+            score = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out)
+            assert score, out
+            assert code == 0 and float(score[1]) <= EXPOSURE_LIMITS[name], (name, score[1])
+    # The threshold really is enforced (so the loop above can fail).
+    assert security(CONVERSATION, 0.1)[0] != 0

@@ -189,19 +189,7 @@ def relay_container(
         yield container
 
 
-def submit(container: Container, session: str, content: str) -> str:
-    """`relay submit` inside the container (as root); returns the queue file's path."""
-    done = container.run(["relay", "submit", "--session", session, "-"], input=content)
-    return done.stdout.strip()
-
-
 def wait_input(container: Container, session: str, timeout: float = 30) -> str:
     path = f"{DATA}/dispatch/{session}/input.txt"
     container.wait_for(lambda: container.exists(path), timeout=timeout, what=path)
     return container.read_file(path)
-
-
-def consume(container: Container, session: str, timeout: float = 30) -> str:
-    text = wait_input(container, session, timeout)
-    container.run(["rm", f"{DATA}/dispatch/{session}/input.txt"])
-    return text

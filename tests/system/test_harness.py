@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,17 +20,7 @@ from .nspawn import Container, HarnessError, mounts_under
 
 system = pytest.mark.system
 
-# A stdlib-only sender for journald's native protocol, so the probe needs no python3-systemd.
-JOURNAL_PROBE = textwrap.dedent(
-    """\
-    import socket, sys
-    fields = {"MESSAGE": "harness probe", "SYSLOG_IDENTIFIER": "harness-probe", "FOO": sys.argv[1]}
-    payload = "".join(f"{k}={v}\\n" for k, v in fields.items()).encode()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.sendto(payload, "/run/systemd/journal/socket")
-    print("stdout line", sys.argv[1], flush=True)
-    """
-)
+PROGRAMS = Path(__file__).resolve().parents[1] / "programs"
 
 
 @system
@@ -56,7 +45,7 @@ def test_boot_is_fast(system_container: Container) -> None:
 def test_installed_oneshot_logs_custom_field(system_container: Container) -> None:
     c = system_container
     token = secrets.token_hex(8)
-    c.write_file("/usr/local/lib/harness/probe.py", JOURNAL_PROBE)
+    c.copy_in(PROGRAMS / "journal_probe.py", "/usr/local/lib/harness/probe.py")
     c.write_file(
         "/etc/systemd/system/harness-probe.service",
         "[Service]\nType=oneshot\n"
@@ -169,25 +158,14 @@ def test_teardown_when_poweroff_is_ignored() -> None:
     _assert_gone(base, pid, init)
 
 
-KILLED_RUNNER = textwrap.dedent(
-    """\
-    import sys, time
-    sys.path.insert(0, sys.argv[1])
-    from system.nspawn import Container
-    c = Container()
-    c.boot()
-    print(c.base, c._proc.pid, flush=True)
-    time.sleep(600)
-    """
-)
-
-
 @system
 def test_sigkilled_runner_powers_off_and_is_cleaned_later() -> None:
     """SIGKILL the test process: PDEATHSIG stops nspawn, cleanup_stale() unmounts."""
-    tests_dir = str(Path(__file__).resolve().parents[1])
+    root = str(PROGRAMS.parents[1])
     runner = subprocess.Popen(
-        [sys.executable, "-c", KILLED_RUNNER, tests_dir], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(PROGRAMS / "booted_then_killed.py"), root],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert runner.stdout is not None
