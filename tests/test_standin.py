@@ -442,7 +442,7 @@ def test_ntfy_records_a_publish(ntfy: StandinNtfy) -> None:
     status, body, _ = http(
         ntfy.url + "/relay-abc",
         b"needs you",
-        {"Title": "relay", "X-Priority": "high", "Tags": "warning, robot", "Authorization": "t"},
+        {"Title": "relay", "Priority": "high", "Tags": "warning, robot", "Authorization": "t"},
     )
     assert status == 200
     assert body["event"] == "message" and body["topic"] == "relay-abc"
@@ -453,8 +453,8 @@ def test_ntfy_records_a_publish(ntfy: StandinNtfy) -> None:
     assert message.headers["authorization"] == "t"
 
 
-def test_ntfy_json_publish_and_fault_injection(ntfy: StandinNtfy) -> None:
-    assert http(ntfy.url + "/", {"topic": "t1", "message": "m", "priority": 5})[0] == 200
+def test_ntfy_fault_injection_and_refusals(ntfy: StandinNtfy) -> None:
+    assert http(ntfy.url + "/t1", b"m", {"Priority": "5"})[0] == 200
     ntfy.fail_status = 503
     assert http(ntfy.url + "/t1", b"again")[0] == 503
     messages = ntfy.wait_for(2)
@@ -463,6 +463,7 @@ def test_ntfy_json_publish_and_fault_injection(ntfy: StandinNtfy) -> None:
         ("again", 3, 503),
     ]
     assert http(ntfy.url + "/bad.topic", b"x")[0] == 400
+    assert http(ntfy.url + "/t1", b"x", {"Priority": "loud"})[0] == 400
 
 
 def test_ntfy_delay_is_recorded_before_the_answer(ntfy: StandinNtfy) -> None:

@@ -1,16 +1,15 @@
 """A stand-in ntfy server on loopback, for tests and demos.
 
-Accepts publishes the way ntfy.sh does: `POST`/`PUT /<topic>` with the message as the body and
-`Title`/`Priority`/`Tags` headers (or their `X-` and short aliases, or `?title=` query
-parameters), and JSON publishes `POST /` with `{"topic": ..., "message": ..., ...}`. Every publish
-attempt is recorded, including ones answered with the injected `fail_status`.
+Accepts publishes the way relay sends them and ntfy.sh reads them: `POST /<topic>` with the
+message as the body and `Title`/`Priority`/`Tags` headers. Every publish attempt is recorded,
+including ones answered with the injected `fail_status`.
 
 stdlib only, so it also runs as a script under a bare `/usr/bin/python3`:
 
-    python3 tests/standin/ntfy.py --port 0 [--port-file F] [--fail-status 500] [--delay S]
+    python3 tests/standin/ntfy.py --port 0 [--port-file F] [--fail-status 500]
 
 prints `http://127.0.0.1:PORT` once listening and serves until SIGTERM/SIGINT;
-`GET /_messages` returns the records as JSON, `POST /_reset` forgets them.
+`GET /_messages` returns the records as JSON.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 if __package__ in (None, ""):  # run as a script: make the `tests.standin` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -37,12 +35,6 @@ from tests.standin.loopback import (
 
 _TOPIC_RE = re.compile(r"^[-_A-Za-z0-9]{1,64}$")
 _PRIORITIES = {"min": 1, "low": 2, "default": 3, "high": 4, "max": 5, "urgent": 5}
-# Header and query aliases ntfy accepts, in ntfy's order of preference.
-_ALIASES = {
-    "title": ("x-title", "title", "ti", "t"),
-    "priority": ("x-priority", "priority", "prio", "p"),
-    "tags": ("x-tags", "tags", "tag", "ta"),
-}
 
 
 @dataclass(frozen=True)
@@ -71,11 +63,8 @@ def _parse_priority(value: str | None) -> int:
     raise _BadRequest("invalid priority")
 
 
-def _parse_tags(value: str | list[str] | None) -> list[str]:
-    if value is None:
-        return []
-    items = value if isinstance(value, list) else value.split(",")
-    return [t.strip() for t in items if t.strip()]
+def _parse_tags(value: str | None) -> list[str]:
+    return [t.strip() for t in (value or "").split(",") if t.strip()]
 
 
 class StandinNtfy(Serving):
@@ -87,15 +76,9 @@ class StandinNtfy(Serving):
     """
 
     def __init__(
-        self,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        fail_status: int | None = None,
-        delay: float = 0.0,
-        verbose: bool = False,
+        self, *, port: int = 0, fail_status: int | None = None, delay: float = 0.0
     ) -> None:
-        super().__init__(host, port, verbose)
+        super().__init__("127.0.0.1", port, verbose=False)
         self.fail_status = fail_status
         self.delay = delay
         self._lock = threading.Lock()
@@ -123,22 +106,31 @@ class StandinNtfy(Serving):
             self._messages.clear()
 
     def handle(
-        self, method: str, target: str, headers: dict[str, str], raw: bytes
+        self, method: str, path: str, headers: dict[str, str], raw: bytes
     ) -> tuple[int, Any]:
         """Answer one request with (status, JSON payload)."""
-        split = urlsplit(target)
-        path = split.path
         if method == "GET" and path == "/_messages":
             return 200, [asdict(m) for m in self.messages]
-        if method == "POST" and path == "/_reset":
-            self.reset()
-            return 200, {"reset": True}
-        if method not in ("POST", "PUT"):
+        topic = path.strip("/")
+        if method != "POST":
             return _error(404, 40401, "page not found")
+        if not _TOPIC_RE.match(topic):
+            return _error(400, 40000, f"invalid topic {topic!r}")
         try:
-            message = self._publish(path, parse_qs(split.query), headers, raw)
+            priority = _parse_priority(headers.get("priority"))
         except _BadRequest as exc:
             return _error(400, 40000, str(exc))
+        title = headers.get("title")
+        message = NtfyMessage(
+            topic=topic,
+            message=raw.decode("utf-8", errors="replace"),
+            title=title,
+            priority=priority,
+            tags=_parse_tags(headers.get("tags")),
+            headers=headers,
+            status=self.fail_status or 200,
+            time=time.monotonic(),
+        )
         with self._changed:
             self._messages.append(message)
             self._changed.notify_all()
@@ -151,61 +143,16 @@ class StandinNtfy(Serving):
             "time": int(time.time()),
             "expires": int(time.time()) + 43200,
             "event": "message",
-            "topic": message.topic,
+            "topic": topic,
             "message": message.message,
         }
-        if message.title is not None:
-            payload["title"] = message.title
-        if message.priority != 3:
-            payload["priority"] = message.priority
+        if title is not None:
+            payload["title"] = title
+        if priority != 3:
+            payload["priority"] = priority
         if message.tags:
             payload["tags"] = message.tags
         return 200, payload
-
-    def _publish(
-        self, path: str, query: dict[str, list[str]], headers: dict[str, str], raw: bytes
-    ) -> NtfyMessage:
-        fields: dict[str, Any]
-        if path == "/":
-            # JSON publishing: everything is in the body.
-            try:
-                fields = json.loads(raw)
-            except ValueError:
-                raise _BadRequest("invalid request: body must be JSON") from None
-            if not isinstance(fields, dict):
-                raise _BadRequest("invalid request: body must be a JSON object")
-            topic = str(fields.get("topic", ""))
-            text = str(fields.get("message", ""))
-            title = fields.get("title")
-            priority = _parse_priority(str(fields["priority"]) if "priority" in fields else None)
-            tags = _parse_tags(fields.get("tags"))
-        else:
-            topic = path.strip("/")
-
-            def lookup(name: str) -> str | None:
-                for alias in _ALIASES[name]:
-                    if alias in headers:
-                        return headers[alias]
-                    if alias in query:
-                        return query[alias][0]
-                return None
-
-            text = raw.decode("utf-8", errors="replace")
-            title = lookup("title")
-            priority = _parse_priority(lookup("priority"))
-            tags = _parse_tags(lookup("tags"))
-        if not _TOPIC_RE.match(topic):
-            raise _BadRequest(f"invalid topic {topic!r}")
-        return NtfyMessage(
-            topic=topic,
-            message=text,
-            title=None if title is None else str(title),
-            priority=priority,
-            tags=tags,
-            headers=headers,
-            status=self.fail_status or 200,
-            time=time.monotonic(),
-        )
 
 
 def _error(status: int, code: int, text: str) -> tuple[int, Any]:
@@ -217,9 +164,6 @@ class _NtfyHandler(LoopbackHandler):
         self._serve()
 
     def do_POST(self) -> None:
-        self._serve()
-
-    def do_PUT(self) -> None:
         self._serve()
 
     def _serve(self) -> None:
@@ -234,20 +178,11 @@ StandinNtfy.thread_name = "standin-ntfy"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Stand-in ntfy server on loopback.")
-    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--port-file", help="also write the URL to this file")
     parser.add_argument("--fail-status", type=int, help="answer every publish with this status")
-    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
-    parser.add_argument("--verbose", action="store_true", help="log requests to stderr")
     args = parser.parse_args(argv)
-    ntfy = StandinNtfy(
-        host=args.host,
-        port=args.port,
-        fail_status=args.fail_status,
-        delay=args.delay,
-        verbose=args.verbose,
-    )
+    ntfy = StandinNtfy(port=args.port, fail_status=args.fail_status)
     ntfy.start()
     return serve_until_signalled(ntfy.url, args.port_file, ntfy.stop)
 
