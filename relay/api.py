@@ -38,6 +38,31 @@ class ApiReply:
     stop_reason: str | None
     request_id: str | None
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "usage": self.usage.as_dict(),
+            "model": self.model,
+            "stop_reason": self.stop_reason,
+            "request_id": self.request_id,
+        }
+
+    @staticmethod
+    def from_json(raw: Any) -> ApiReply:
+        """ValueError for anything that is not a reply `to_json` wrote."""
+        try:
+            usage = Usage(**{str(k): int(v) for k, v in raw["usage"].items()})
+            stop, request = raw.get("stop_reason"), raw.get("request_id")
+            return ApiReply(
+                str(raw["text"]),
+                usage,
+                str(raw["model"]),
+                stop if isinstance(stop, str) else None,
+                request if isinstance(request, str) else None,
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a kept reply: {exc}") from None
+
 
 class MessagesApi(Protocol):
     def create(

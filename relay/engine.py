@@ -45,7 +45,6 @@ from relay.layout import Layout
 from relay.ledger import Ledger, iso, utc_now
 from relay.log import event
 from relay.ntfy import Notifier, Push
-from relay.prices import Usage
 from relay.records import OPERATOR, RELAY, Record, Sender, Status, Turn, session
 from relay.spool import Spool, display, parse_item
 
@@ -519,17 +518,9 @@ class Engine:
     # ---- answers ------------------------------------------------------------------------
 
     def _stash(self, key: str, reply: ApiReply, cost: float) -> None:
-        data = {
-            "text": reply.text,
-            "usage": reply.usage.as_dict(),
-            "model": reply.model,
-            "stop_reason": reply.stop_reason,
-            "request_id": reply.request_id,
-            "cost_usd": cost,
-        }
+        data = {**reply.to_json(), "cost_usd": cost}
         try:
-            encoded = json.dumps(data, ensure_ascii=False).encode("utf-8", "surrogatepass")
-            self.spool.stash_reply(key, encoded)
+            self.spool.stash_reply(key, json.dumps(data, ensure_ascii=False).encode())
         except (OSError, ValueError) as exc:  # kept in memory anyway; only a crash loses it
             log.warning("cannot keep the reply to %s beside it: %s", key, exc)
 
@@ -538,18 +529,10 @@ class Engine:
         if raw is None:
             return None
         try:
-            data = json.loads(raw.decode("utf-8", "surrogatepass"))
-            usage = Usage(**{k: int(v) for k, v in data["usage"].items()})
-            reply = ApiReply(
-                str(data["text"]),
-                usage,
-                str(data["model"]),
-                data.get("stop_reason"),
-                data.get("request_id"),
-            )
-            return reply, float(data.get("cost_usd") or 0.0)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return None
+            data = json.loads(raw)
+            return ApiReply.from_json(data), float(data.get("cost_usd") or 0.0)
+        except (ValueError, TypeError, AttributeError, RecursionError):
+            return None  # a torn or foreign file: the call is made again
 
     def _turn_done(self, answered: Answered) -> None:
         call, reply = answered.call, answered.reply
