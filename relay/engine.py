@@ -133,6 +133,10 @@ class Engine:
         loop, never a crash."""
         self.layout.ensure_all(self.config.sessions)
         self._load(history.load(self.layout.history))
+        try:
+            self.spool.resume_rejections(lambda source: not source.startswith("."))
+        except OSError as exc:
+            self._write_failed("cannot finish setting an item aside", exc)
         self.accounts.load()
         try:
             previous = status_file.read(self.layout.status)

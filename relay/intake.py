@@ -26,7 +26,18 @@ from relay.config import Config
 from relay.envelope import Envelope, Rejected, parse_envelope
 from relay.layout import Layout
 from relay.log import event
-from relay.spool import Claim, Refused, Spool, display, file_kind, one_at_a_time, read_client_file
+from relay.spool import (
+    CLAIM,
+    LEGACY_CLAIM,
+    LEGACY_JC_CLAIM,
+    Claim,
+    Refused,
+    Spool,
+    display,
+    file_kind,
+    one_at_a_time,
+    read_client_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +136,8 @@ class _Drain:
         self.stuck: set[str] = set()  # entries refused in place (unmovable directories)
 
     def run(self) -> None:
+        for name in self.spool.resume_rejections(_queue_claim):
+            self._rejected(name, "finished a rejection that a crash interrupted")
         self.spool.drop_orphan_names()
         while True:
             for stale in self.spool.stale_claims():
@@ -244,6 +257,12 @@ def _marked_by_another(marker: Path, key: str) -> bool:
         return False
 
 
+def _queue_claim(source_name: str) -> bool:
+    return source_name.startswith((CLAIM, LEGACY_CLAIM)) and not source_name.startswith(
+        LEGACY_JC_CLAIM
+    )
+
+
 # ---- the operator ----------------------------------------------------------------------
 
 OPERATOR_MAX_BYTES = 1024 * 1024
@@ -257,6 +276,7 @@ def drain_operator(layout: Layout, *, wait: bool = True) -> IntakeResult:
     with one_at_a_time(layout.state / "intake-jc.lock", wait) as mine:
         if mine:
             spool = Spool(layout)
+            spool.resume_rejections(lambda source: source.startswith(LEGACY_JC_CLAIM))
             for stale in spool.operator_claims():
                 _settle_operator(spool, stale, result)
             # The operator may write again while we work; keep going until it stays away.

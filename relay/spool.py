@@ -35,7 +35,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +50,7 @@ CLAIM = ".c-"
 NAME_META = ".n-"
 TRIES = ".t-"
 REPLY = ".r-"
+JOURNAL = ".x-"  # a rejection under way: see `reject_file`
 LEGACY_CLAIM = ".claim-"
 LEGACY_JC_CLAIM = ".claim-jc-"
 
@@ -232,14 +233,22 @@ def rejected_name(name: bytes, attempt: int) -> bytes:
 
 
 def reject_file(
-    where: Path, source: Path, name: str, reason: str, *, private: bool
+    where: Path,
+    source: Path,
+    name: str,
+    reason: str,
+    *,
+    private: bool,
+    journal: Path | None = None,
 ) -> tuple[Path, bool]:
     """Move `source` into `where` under `name` (or a derived name) with NAME.reason beside.
 
     The reason is linked into place first, which fails if the name is taken: a name is
     reserved atomically even when the engine and an intake run reject at the same moment.
-    Returns the rejected file's path and whether it was moved (False: a directory relay
-    cannot move; only its reason was written)."""
+    `journal` (in the inbox) records the reservation before it is made, so that a crash
+    between the reason and the move is finished by `resume_rejection`, never leaving a
+    reason without its file. Returns the rejected file's path and whether it was moved
+    (False: a directory relay cannot move; only its reason was written)."""
     fsutil.makedirs(where, PRIVATE_MODE if private else REJECTED_MODE)
     file_mode = PRIVATE_FILE_MODE if private else CLIENT_FILE_MODE
     raw = os.fsencode(name)
@@ -252,12 +261,17 @@ def reject_file(
             line_here = line
         target = where / os.fsdecode(target_raw)
         reason_path = where / os.fsdecode(target_raw + REASON_SUFFIX.encode())
-        if target.exists() or target.is_symlink():
+        if os.path.lexists(target):
             continue
         data = (line_here + "\n").encode("utf-8", "backslashreplace")
+        if journal is not None:
+            record = b"P" if private else b"Q"
+            fsutil.atomic_write(journal, record + target_raw.hex().encode() + b"\n" + data)
         if not _link_new(reason_path, data, file_mode):
             continue
         moved = _move_rejected(source, target, file_mode)
+        if journal is not None:
+            fsutil.unlink_durable(journal)
         return target, moved
     raise OSError(errno.EEXIST, "no free name for a rejected file", str(where / name))
 
@@ -402,7 +416,14 @@ class Spool:
         return claim.key
 
     def reject_claim(self, claim: Claim, reason: str) -> Path:
-        target, _ = reject_file(self.layout.rejected, claim.path, claim.name, reason, private=False)
+        target, _ = reject_file(
+            self.layout.rejected,
+            claim.path,
+            claim.name,
+            reason,
+            private=False,
+            journal=self._journal(claim.path.name),
+        )
         if claim.serial is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._name_meta(claim.serial))
@@ -453,7 +474,12 @@ class Spool:
 
     def reject_operator(self, source: Path, key: str, reason: str) -> Path:
         target, _ = reject_file(
-            self.layout.operator_rejected, source, operator_file_name(key), reason, private=True
+            self.layout.operator_rejected,
+            source,
+            operator_file_name(key),
+            reason,
+            private=True,
+            journal=self._journal(source.name),
         )
         return target
 
@@ -532,7 +558,12 @@ class Spool:
             target = self.reject_operator(source, key, reason)
         else:
             target, _ = reject_file(
-                self.layout.rejected, source, self.client_name(key), reason, private=False
+                self.layout.rejected,
+                source,
+                self.client_name(key),
+                reason,
+                private=False,
+                journal=self._journal(key),
             )
         self._forget(key)
         return target
@@ -545,6 +576,75 @@ class Spool:
         for path in paths:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+    # ---- rejections a crash interrupted ------------------------------------------------
+
+    def resume_rejections(self, owns: Callable[[str], bool]) -> list[str]:
+        """Finish every rejection a crash interrupted whose source `owns` says is ours
+        (each kind has one owner: queue intake, jc intake, the engine); returns the client
+        names of the files whose rejection was finished (or redone)."""
+        done: list[str] = []
+        for name in sorted(self._inbox_names()):
+            if not name.startswith(JOURNAL) or not owns(name[len(JOURNAL) :]):
+                continue
+            source_name = name[len(JOURNAL) :]
+            client_name = self._client_name_of(source_name)
+            if self._resume(self.inbox / name, source_name):
+                done.append(client_name)
+        return done
+
+    def _resume(self, journal: Path, source_name: str) -> bool:
+        source = self.inbox / source_name
+        try:
+            raw = journal.read_bytes()
+            head, _, data = raw.partition(b"\n")
+            private, target_raw = head[:1] == b"P", bytes.fromhex(head[1:].decode("ascii"))
+        except (OSError, ValueError):
+            fsutil.unlink_durable(journal)
+            return False
+        if not os.path.lexists(source):
+            fsutil.unlink_durable(journal)  # the move was made; only the journal was left
+            return False
+        where = self.layout.operator_rejected if private else self.layout.rejected
+        target = where / os.fsdecode(target_raw)
+        reason_path = where / os.fsdecode(target_raw + REASON_SUFFIX.encode())
+        ours = False
+        with contextlib.suppress(OSError):
+            ours = not os.path.lexists(target) and reason_path.read_bytes() == data
+        if ours:
+            _move_rejected(source, target, PRIVATE_FILE_MODE if private else CLIENT_FILE_MODE)
+            fsutil.unlink_durable(journal)
+        else:  # the reservation never happened: reject it again, from the start
+            reason = data.decode("utf-8", "replace").strip()
+            reject_file(
+                where,
+                source,
+                self._client_name_of(source_name),
+                reason,
+                private=private,
+                journal=journal,
+            )
+        self._after_rejection(source_name)
+        return True
+
+    def _client_name_of(self, source_name: str) -> str:
+        if source_name.startswith(LEGACY_JC_CLAIM):
+            return operator_file_name(self.operator_claim_key(self.inbox / source_name))
+        if source_name.startswith(CLAIM) and source_name[len(CLAIM) :].isdigit():
+            return self._read_name_meta(int(source_name[len(CLAIM) :]))[1]
+        if source_name.startswith(LEGACY_CLAIM):
+            return source_name.removeprefix(LEGACY_CLAIM).partition("-")[2]
+        return self.client_name(source_name)
+
+    def _after_rejection(self, source_name: str) -> None:
+        if source_name.startswith(CLAIM) and source_name[len(CLAIM) :].isdigit():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._name_meta(int(source_name[len(CLAIM) :])))
+        elif not source_name.startswith("."):
+            self._forget(source_name)
+
+    def _journal(self, source_name: str) -> Path:
+        return self.inbox / f"{JOURNAL}{source_name}"
 
     # ---- helpers ---------------------------------------------------------------------
 

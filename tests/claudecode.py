@@ -134,7 +134,7 @@ def wait_request_with(api: StandinAPI, text: str, timeout: float = 30.0) -> dict
 
 # --- a coordinator for relay's own stand-in -------------------------------------------------
 
-END_OF_SCRIPT = "that is all [[error: 400 invalid_request_error end of the test script]]"
+END_OF_SCRIPT = "that is all [[error: 403 permission_error end of the test script]]"
 
 
 @dataclass
@@ -142,8 +142,9 @@ class Coordinator:
     """chat-Claude for the tests: answers each session's turns from a per-session script.
 
     A script entry is the reply text; when a session's script is used up, the reply makes
-    that session's next API call fail (400), so its turn ends without a Stop, nothing more is
-    submitted, and the exchange ends without a [NEEDS-JC] pausing everyone.
+    that session's next API call fail (403, which blocks relay: a 400 would set that one
+    envelope aside and tell the session, which would answer), so nothing more is dispatched,
+    and the exchange ends without a [NEEDS-JC] pausing everyone.
     """
 
     scripts: dict[str, list[str | Action]] = field(default_factory=dict)

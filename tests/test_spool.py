@@ -260,3 +260,34 @@ def test_a_claim_left_by_a_crash_keeps_its_client_name(setup: tuple[Config, Layo
     assert claim is not None
     intake.drain_queue(config, layout)
     assert list(rejected(layout)) == [b"half.json"]
+
+
+@pytest.mark.parametrize("crash_at", ["_link_new", "_move_rejected"])
+def test_a_crash_in_the_middle_of_a_rejection_never_leaves_a_reason_alone(
+    setup: tuple[Config, Layout], monkeypatch: pytest.MonkeyPatch, crash_at: str
+) -> None:
+    import relay.spool
+
+    config, layout = setup
+    real = getattr(relay.spool, crash_at)
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*args: object) -> object:
+        if crash_at == "_move_rejected":
+            return_value = None
+        else:
+            return_value = real(*args)  # the reason is in place, then the process dies
+        raise Killed(return_value)
+
+    monkeypatch.setattr(relay.spool, crash_at, killed)
+    drop(layout, b"bad.json", b"{broken", mtime_ns=3)
+    with pytest.raises(Killed):
+        intake.drain_queue(config, layout)
+    monkeypatch.setattr(relay.spool, crash_at, real)
+    result = intake.drain_queue(config, layout)  # the next run finishes it
+    assert result.rejected == ["bad.json"]
+    assert rejected(layout) == {b"bad.json": rejected(layout)[b"bad.json"]}
+    assert (layout.rejected / "bad.json").read_bytes() == b"{broken"
+    assert [n for n in os.listdir(layout.inbox) if not n.startswith(".lock")] == []
