@@ -39,9 +39,13 @@ def load(path: Path) -> list[Record]:
     reported rather than silently dropped.
     """
     try:
-        data = path.read_bytes()
+        data = fsutil.read_regular(path, 1 << 40, follow_symlinks=False)
     except FileNotFoundError:
         return []
+    except OSError as exc:  # a FIFO, a link, a directory: never waited on or followed
+        raise StateError(
+            f"{path}: cannot be read safely ({exc.strerror or exc}); restore it from state/archive/"
+        ) from None
     records: list[Record] = []
     good_end = 0
     offset = 0

@@ -25,7 +25,8 @@ def write(path: Path, status: dict[str, Any]) -> None:
 
 
 def read(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    # Never blocks on a FIFO or follows a link: `relay status` and recovery both read it.
+    data = json.loads(fsutil.read_regular(path, 1 << 20, follow_symlinks=False).decode("utf-8"))
     if not isinstance(data, dict):
         raise ValueError("status.json is not an object")
     return data

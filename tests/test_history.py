@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,10 @@ def test_a_whole_last_line_that_does_not_decode_is_damage_not_a_torn_append(
     with pytest.raises(StateError):
         history.load(path)
     assert path.read_bytes() == data
+
+
+def test_a_history_that_is_not_a_regular_file_is_never_waited_on(tmp_path: Path) -> None:
+    path = tmp_path / "h.jsonl"
+    os.mkfifo(path)
+    with pytest.raises(StateError, match="cannot be read safely"):
+        history.load(path)
