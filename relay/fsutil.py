@@ -109,7 +109,7 @@ def read_regular(path: Path, limit: int, *, follow_symlinks: bool = True) -> byt
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise NotRegularFile(errno.EINVAL, f"not a regular file ({_kind(mode)})", str(path))
+            raise NotRegularFile(errno.EINVAL, f"not a regular file ({file_kind(mode)})", str(path))
         chunks: list[bytes] = []
         size = 0
         while size <= limit and (chunk := os.read(fd, min(1 << 16, limit + 1 - size))):
@@ -120,13 +120,17 @@ def read_regular(path: Path, limit: int, *, follow_symlinks: bool = True) -> byt
         os.close(fd)
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a file"
+def file_kind(mode: int) -> str:
+    """What a file is, for a reason or an error a person reads ("a FIFO")."""
+    for test, kind in (
+        (stat.S_ISLNK, "a symlink"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+        (stat.S_ISREG, "a regular file"),
+    ):
+        if test(mode):
+            return kind
+    return "an unknown kind of file"

@@ -24,6 +24,7 @@ from pathlib import Path
 from relay import fsutil
 from relay.config import Config
 from relay.envelope import Envelope, Rejected, parse_envelope
+from relay.fsutil import file_kind
 from relay.layout import Layout
 from relay.log import event
 from relay.spool import (
@@ -34,7 +35,6 @@ from relay.spool import (
     Refused,
     Spool,
     display,
-    file_kind,
     one_at_a_time,
     read_client_file,
 )

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from relay import fsutil
 from relay.errors import RelayError
+from relay.fsutil import file_kind
 from relay.intake import IntakeResult
 from relay.layout import OPERATOR_FILE_MODE, Layout
 from relay.log import event
@@ -57,7 +58,7 @@ def refusal(st: os.stat_result, relay_uid: int, readable: bool) -> str | None:
     in). `relay_uid` owns operator/: a file of relay's own there never came from an
     operator; it can only be a hard link to one of relay's files, such as the history."""
     if not stat.S_ISREG(st.st_mode):
-        return f"not a regular file ({_kind(st.st_mode)})"
+        return f"not a regular file ({file_kind(st.st_mode)})"
     if st.st_uid == relay_uid:
         return "owned by relay, so not an operator's reply"
     if st.st_nlink != 1:
@@ -65,20 +66,6 @@ def refusal(st: os.stat_result, relay_uid: int, readable: bool) -> str | None:
     if not readable:
         return f"relay may not read it (mode {stat.S_IMODE(st.st_mode):04o}); use relay reply"
     return None
-
-
-def _kind(mode: int) -> str:
-    for test, kind in (
-        (stat.S_ISLNK, "a symlink"),
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return kind
-    return "unknown type"
 
 
 @dataclass(frozen=True)

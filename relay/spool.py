@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relay import fsutil
+from relay.fsutil import file_kind
 from relay.layout import CLIENT_FILE_MODE, PRIVATE_FILE_MODE, PRIVATE_MODE, REJECTED_MODE, Layout
 
 NAME_MAX = 255
@@ -197,20 +198,6 @@ def read_client_file(path: Path, limit: int) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
-
-
-def file_kind(mode: int) -> str:
-    for test, kind in (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISLNK, "a symlink"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return kind
-    return "a regular file" if stat.S_ISREG(mode) else "an unknown kind of file"
 
 
 # ---- rejecting -------------------------------------------------------------------------
