@@ -52,6 +52,7 @@ NAME_META = ".n-"
 TRIES = ".t-"
 REPLY = ".r-"
 JOURNAL = ".x-"  # a rejection under way: see `reject_file`
+TEMP = ".tmp-"  # a reason being written where O_TMPFILE is missing: see `_link_new`
 LEGACY_CLAIM = ".claim-"
 LEGACY_JC_CLAIM = ".claim-jc-"
 
@@ -266,9 +267,47 @@ def reject_file(
 
 
 def _link_new(path: Path, data: bytes, mode: int) -> bool:
-    """Create `path` with `data` atomically, only if no file has that name: False if taken."""
-    tmp = path.with_name(f".reason.{os.getpid()}.{os.urandom(6).hex()}.tmp")
-    fsutil.atomic_write(tmp, data, mode, durable=False)
+    """Create `path` with `data` atomically, only if no file has that name: False if taken.
+
+    The data goes into an unnamed file (O_TMPFILE) in the same directory, which is linked
+    into place whole: a kill at any moment leaves nothing half-made where clients look, and
+    the file takes its group from the directory as any file made there would."""
+    try:
+        fd = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+        return _link_new_named(path, data, mode)  # a file system without O_TMPFILE
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+        # linkat(…, AT_SYMLINK_FOLLOW) on /proc/self/fd/N, as open(2) describes; Python
+        # calls linkat (not link) only when given a directory fd, hence "/".
+        root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.link(f"proc/self/fd/{fd}", path, src_dir_fd=root, follow_symlinks=True)
+        except FileExistsError:
+            return False
+        finally:
+            os.close(root)
+    finally:
+        os.close(fd)
+    fsutil.fsync_dir(path.parent)
+    return True
+
+
+def _link_new_named(path: Path, data: bytes, mode: int) -> bool:
+    tmp = path.with_name(f"{TEMP}{os.getpid()}.{os.urandom(6).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     try:
         os.link(tmp, path)
     except FileExistsError:
@@ -430,7 +469,11 @@ class Spool:
         """Refuse something in queue/ that cannot be claimed (a directory relay may not
         move); it is moved to queue/.rejected/ if possible, else only its reason is."""
         return reject_file(
-            self.layout.rejected, self.layout.queue / name, name, reason, private=False
+            self.layout.rejected,
+            self.layout.queue / name,
+            name,
+            reason,
+            private=False,
         )
 
     # ---- intake: the operator --------------------------------------------------------
