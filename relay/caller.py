@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -14,9 +15,11 @@ R = TypeVar("R")  # what it returns
 
 
 class Caller(Generic[T, R]):
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="api")
         self._inflight: tuple[T, concurrent.futures.Future[R]] | None = None
+        self._started = 0.0
+        self._monotonic = monotonic
         self.wake_fd, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     @property
@@ -33,6 +36,23 @@ class Caller(Generic[T, R]):
         # Done-callbacks run after the result is set, so the woken loop sees it done.
         future.add_done_callback(lambda _: self.wake())
         self._inflight = (what, future)
+        self._started = self._monotonic()
+
+    def running_for(self) -> float:
+        return self._monotonic() - self._started if self._inflight is not None else 0.0
+
+    def abandon(self) -> T | None:
+        """Give up on the call in flight (it has outlived every deadline: a hang below the
+        HTTP client, such as a name lookup). Its thread is left to finish on its own, and
+        whatever it returns is dropped; the next call gets a fresh thread."""
+        if self._inflight is None:
+            return None
+        what, future = self._inflight
+        future.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="api")
+        self._inflight = None
+        return what
 
     def take_done(self) -> tuple[T, concurrent.futures.Future[R]] | None:
         """The finished call and its future (once), or None while it runs or when idle."""

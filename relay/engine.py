@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 WRITE_RETRY_S = 10.0
 STATUS_REFRESH_S = 30.0  # rewritten this often even when nothing changed (updated_at)
 STATUS_RETRY_S = 5.0
+ABANDON_GRACE_S = 30.0
 # How many relay processes may begin an item before it is set aside: a crash mid-turn is
 # survived (a few times over), an item that kills relay every time is not retried forever.
 MAX_TRIES = 5
@@ -107,7 +108,7 @@ class Engine:
         self.history = history.HistoryFile(layout.history, layout.archive)
         self.accounts = Accounting(config, Ledger(layout.ledger), wall)
         self.keys = KeyWatch(config, os.environ if environ is None else environ, api_factory)
-        self.caller: Caller[Call, ApiReply] = Caller()
+        self.caller: Caller[Call, ApiReply] = Caller(monotonic)
         self.records: list[Record] = []
         self.recorded: dict[str, Turn] = {}  # the turns in history, by their item's key
         self.state = conv.ConversationState()
@@ -181,6 +182,8 @@ class Engine:
         disk_ok = self._now >= self.write_retry_at
         if (done := self.caller.take_done()) is not None:
             self._finish_call(*done)
+        elif self.caller.running_for() > self.config.anthropic.timeout_s + ABANDON_GRACE_S:
+            self._abandon()
         elif self.unrecorded is not None and disk_ok:
             self._record()
         if not self.busy and start_new:
@@ -336,6 +339,14 @@ class Engine:
 
     def wait_inflight(self, timeout: float) -> None:
         self.caller.wait(timeout)
+
+    def _abandon(self) -> None:
+        """The backstop under the API client's own deadline: a call that outlived it by
+        ABANDON_GRACE_S is given up and retried like a time-out."""
+        call = self.caller.abandon()
+        if call is not None:
+            limit = self.config.anthropic.timeout_s + ABANDON_GRACE_S
+            self._api_failed(call, ApiError(f"no answer within {limit:.0f}s", transient=True))
 
     def _finish_call(self, call: Call, future: concurrent.futures.Future[ApiReply]) -> None:
         try:

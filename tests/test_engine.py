@@ -545,3 +545,37 @@ def test_a_full_disk_on_a_direct_message_waits_and_sends_it_once(
     assert layout.input_file("session-1").read_text() == "go"
     assert engine.spool.items() == []
     engine.close()
+
+
+def test_a_call_that_hangs_below_every_deadline_is_abandoned_and_retried(
+    world: tuple[Config, Layout, FakeApi, Clock],
+) -> None:
+    import threading
+
+    config, layout, api, clock = world
+    release = threading.Event()
+    original = api.create
+
+    def hangs_once(**kwargs: Any) -> ApiReply:
+        if not api.calls:
+            api.calls.append(kwargs["messages"])
+            release.wait(30)  # a name lookup that never returns, say
+            return ApiReply("too late", Usage(1, 1), "m", "end_turn", None)
+        return original(**kwargs)
+
+    api.create = hangs_once  # type: ignore[method-assign]
+    engine = make(world)
+    put_envelope(layout, "a.json", "session-1", "hello")
+    engine.tick()
+    assert engine.caller.busy
+    clock.now += config.anthropic.timeout_s + 31
+    engine.tick()
+    assert not engine.caller.busy and "no answer within" in engine.status()["last_error"]
+    clock.now += 5
+    settle(engine)
+    release.set()
+    assert layout.input_file("session-1").read_text() == "re: [from session-1]\nhello"
+    assert [r.reply for r in history.load(layout.history) if isinstance(r, Turn)] == [
+        "re: [from session-1]\nhello"
+    ]
+    engine.close()
