@@ -53,8 +53,6 @@ __all__ = ["ApiFactory", "Engine"]
 log = logging.getLogger(__name__)
 
 WRITE_RETRY_S = 10.0
-STATUS_REFRESH_S = 30.0  # rewritten this often even when nothing changed (updated_at)
-STATUS_RETRY_S = 5.0
 ABANDON_GRACE_S = 30.0
 # How many relay processes may begin an item before it is set aside: a crash mid-turn is
 # survived (a few times over), an item that kills relay every time is not retried forever.
@@ -120,9 +118,7 @@ class Engine:
         self.summary_stuck_at = -1
         self.begun: set[str] = set()  # items this process has counted
         self._now = monotonic()
-        self._status_written: dict[str, Any] | None = None
-        self._status_time = -1e9
-        self._status_failed = False
+        self.reporter = status_file.StatusWriter(layout.status, monotonic)
         self.last_snapshot: Status | None = None  # the latest tick's
 
     # ---- start-up -------------------------------------------------------------------
@@ -711,23 +707,7 @@ class Engine:
         return self.snapshot(final_state).to_json()
 
     def write_status(self, snapshot: Status, force: bool = False) -> None:
-        current = snapshot.to_json()
-        comparable = {k: v for k, v in current.items() if k != "updated_at"}
-        since = self.monotonic() - self._status_time
-        # A failed write (a full disk) is tried again only every few seconds: the loop must
-        # not spin on it, and the write's own temp file would wake the loop again.
-        due = since > (STATUS_RETRY_S if self._status_failed else STATUS_REFRESH_S)
-        if force or due or (comparable != self._status_written and not self._status_failed):
-            self._status_time = self.monotonic()
-            try:
-                status_file.write(self.layout.status, current)
-            except OSError as exc:  # a report: never worth stopping work for
-                if not self._status_failed:
-                    log.warning("cannot write %s: %s", self.layout.status, exc)
-                self._status_failed = True
-                return
-            self._status_failed = False
-            self._status_written = comparable
+        self.reporter.write(snapshot, force)
 
     def close(self, graceful: bool = False) -> None:
         """Stop; a graceful stop is not a crash, so it takes back this process's count on

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from relay import fsutil, systemd
 from relay.layout import OPERATOR_FILE_MODE
+from relay.records import Status
+
+log = logging.getLogger(__name__)
 
 UNITS = ("relay.target", "relay-conversation.service", "relay-queue.path", "relay-jc.path")
 
@@ -22,6 +27,41 @@ def write(path: Path, status: dict[str, Any]) -> None:
     # sudo). It is written for the operator (the state, the question waiting for them, the
     # cost); it never holds the key or the history. Clients cannot reach state/.
     fsutil.atomic_write(path, data, OPERATOR_FILE_MODE, durable=False)
+
+
+STATUS_REFRESH_S = 30.0  # rewritten this often even when nothing changed (updated_at)
+STATUS_RETRY_S = 5.0
+
+
+class StatusWriter:
+    """Writes status.json when it changes (and every STATUS_REFRESH_S for updated_at)."""
+
+    def __init__(self, path: Path, monotonic: Callable[[], float]) -> None:
+        self.path = path
+        self.monotonic = monotonic
+        self._written: dict[str, Any] | None = None
+        self._time = -1e9
+        self._failed = False
+
+    def write(self, snapshot: Status, force: bool = False) -> None:
+        current = snapshot.to_json()
+        comparable = {k: v for k, v in current.items() if k != "updated_at"}
+        since = self.monotonic() - self._time
+        # A failed write (a full disk) is tried again only every few seconds: the loop must
+        # not spin on it, and the write's own temp file would wake the loop again.
+        due = since > (STATUS_RETRY_S if self._failed else STATUS_REFRESH_S)
+        if not (force or due or (comparable != self._written and not self._failed)):
+            return
+        self._time = self.monotonic()
+        try:
+            write(self.path, current)
+        except OSError as exc:  # a report: never worth stopping work for
+            if not self._failed:
+                log.warning("cannot write %s: %s", self.path, exc)
+            self._failed = True
+            return
+        self._failed = False
+        self._written = comparable
 
 
 def read(path: Path) -> dict[str, Any]:
