@@ -202,9 +202,9 @@ class Deployment(abc.ABC):
             raise AssertionError(f"{exc}\nlast status.json: {seen[0]}") from None
 
     def lines(self, path: str) -> list[dict[str, Any]]:
-        """A JSON-lines file (history, ledger), [] while there is none."""
-        text = self.read(path) or ""
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        """A JSON-lines file's complete lines (one being appended may end mid-line)."""
+        complete = (self.read(path) or "").split("\n")[:-1]
+        return [json.loads(line) for line in complete if line.strip()]
 
     def history(self) -> list[dict[str, Any]]:
         return self.lines("state/history.jsonl")
@@ -251,7 +251,7 @@ class Foreground(Deployment):
 
     def close(self) -> None:
         if self.proc is not None:
-            self.proc.stop()
+            self.proc.kill()  # by its PID; a clean stop is what test_status_... checks
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return self.relay.cli(*args, stdin=stdin)
