@@ -350,11 +350,13 @@ def _reply_to_state(layout: Layout, body: str) -> None:
     try:
         # Root's reply is relay's before it appears: 0600, and no one else reads it.
         _give_to_state_owner(tmp, layout.state)
-        # link() never replaces: an earlier reply not yet consumed is not overwritten.
+        # A rename that never replaces: an earlier reply not yet consumed is not
+        # overwritten. Not link() and unlink(): between the two the reply would have two
+        # links, and intake refuses a file with more than one.
         deadline = time.monotonic() + REPLY_WAIT_S
         while True:
             try:
-                os.link(tmp, layout.jc_input)
+                fsutil.rename_noreplace(tmp, layout.jc_input)
                 break
             except FileExistsError:
                 if time.monotonic() > deadline:
@@ -365,7 +367,8 @@ def _reply_to_state(layout: Layout, body: str) -> None:
                 time.sleep(0.1)
         fsutil.fsync_dir(layout.state)
     finally:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def _give_to_state_owner(path: Path, state: Path) -> None:

@@ -134,3 +134,30 @@ def file_kind(mode: int) -> str:
         if test(mode):
             return kind
     return "an unknown kind of file"
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def rename_noreplace(source: Path, target: Path) -> None:
+    """rename(2) that fails with FileExistsError instead of replacing `target`.
+
+    Not link(2) then unlink(2): the kernel lets relay hard-link only files it owns
+    (fs.protected_hardlinks), and in between the file has two links, which intake refuses
+    (it never touches a file another link could reach). Python has no renameat2."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    call = libc.renameat2
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    if call(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE):
+        code = ctypes.get_errno()
+        if code == errno.EINVAL:
+            raise OSError(
+                code,
+                f"cannot move {source} to {target}: this file system cannot rename without "
+                "replacing (RENAME_NOREPLACE)",
+            )
+        raise OSError(code, os.strerror(code), str(source), None, str(target))

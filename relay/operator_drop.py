@@ -17,7 +17,6 @@ remove, and the journal says why (RELAY_EVENT=rejected).
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import stat
@@ -27,8 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relay import fsutil
-from relay.errors import RelayError
-from relay.fsutil import file_kind
+from relay.fsutil import file_kind, rename_noreplace
 from relay.intake import IntakeResult
 from relay.layout import OPERATOR_FILE_MODE, Layout
 from relay.log import event
@@ -165,27 +163,3 @@ def drain(
 
 
 # ---- rename without replacing ---------------------------------------------------------------
-
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
-
-
-def rename_noreplace(source: Path, target: Path) -> None:
-    """rename(2) that fails with FileExistsError instead of replacing `target`.
-
-    link(2) would do, but the kernel lets relay hard-link only files it owns
-    (fs.protected_hardlinks), and an operator's reply is theirs; Python has no renameat2."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    call = libc.renameat2
-    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    call.restype = ctypes.c_int
-    if call(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE):
-        code = ctypes.get_errno()
-        if code == errno.EINVAL:
-            raise RelayError(
-                f"cannot move {source} to {target}: this file system cannot rename without "
-                "replacing (RENAME_NOREPLACE)"
-            )
-        raise OSError(code, os.strerror(code), str(source), None, str(target))

@@ -225,3 +225,34 @@ def test_a_data_dir_that_is_a_file_is_one_line(tmp_path: Path) -> None:
         done = run(*args, "--config", str(path), env={"ANTHROPIC_API_KEY": "k"})
         assert done.returncode == 1, (args, done.stderr)
         assert done.stderr == f"relay: not a directory: {tmp_path / 'a-file'}\n", args
+
+
+def test_a_reply_never_has_two_links_while_intake_may_look(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Intake refuses a file with more than one link; `relay reply` must never show one,
+    even to an intake run that looks at the worst moment."""
+    from relay import intake
+    from relay.layout import Layout
+
+    layout = Layout(tmp_path / "data")
+    layout.ensure_intake()
+    seen: list[intake.IntakeResult] = []
+    real_unlink = os.unlink
+
+    def unlink_after_intake_looked(path: object, *args: object, **kwargs: object) -> None:
+        seen.append(intake.drain_operator(layout))  # intake runs right before the unlink
+        real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    real_rename = fsutil.rename_noreplace
+
+    def rename_then_look(source: Path, target: Path) -> None:
+        real_rename(source, target)
+        seen.append(intake.drain_operator(layout))
+
+    monkeypatch.setattr(os, "unlink", unlink_after_intake_looked)
+    monkeypatch.setattr(fsutil, "rename_noreplace", rename_then_look)
+    cli._reply_to_state(layout, "@session-1: go")
+    monkeypatch.undo()
+    assert [r.rejected for r in seen if r.rejected] == []
+    assert sum(len(r.accepted) for r in seen) == 1

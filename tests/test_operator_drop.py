@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from relay import cli, intake, operator_drop
+from relay import cli, fsutil, intake, operator_drop
 from relay.intake import IntakeResult
 from relay.layout import Layout
 
@@ -170,12 +170,12 @@ def test_rename_noreplace(tmp_path: Path) -> None:
     a.write_text("A")
     b.write_text("B")
     with pytest.raises(FileExistsError):
-        operator_drop.rename_noreplace(a, b)
+        fsutil.rename_noreplace(a, b)
     assert a.read_text() == "A" and b.read_text() == "B"
     with pytest.raises(FileNotFoundError):
-        operator_drop.rename_noreplace(tmp_path / "missing", tmp_path / "c")
+        fsutil.rename_noreplace(tmp_path / "missing", tmp_path / "c")
     b.unlink()
-    operator_drop.rename_noreplace(a, b)
+    fsutil.rename_noreplace(a, b)
     assert b.read_text() == "A" and not a.exists()
 
 
