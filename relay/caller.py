@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -16,10 +17,10 @@ R = TypeVar("R")  # what it returns
 
 class Caller(Generic[T, R]):
     def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="api")
         self._inflight: tuple[T, concurrent.futures.Future[R]] | None = None
         self._started = 0.0
         self._monotonic = monotonic
+        self._closed = False
         self.wake_fd, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     @property
@@ -32,9 +33,23 @@ class Caller(Generic[T, R]):
 
     def start(self, what: T, fn: Callable[[], R]) -> None:
         assert self._inflight is None, "one call at a time"
-        future = self._executor.submit(fn)
+        future: concurrent.futures.Future[R] = concurrent.futures.Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                result = fn()
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
         # Done-callbacks run after the result is set, so the woken loop sees it done.
         future.add_done_callback(lambda _: self.wake())
+        # A daemon thread of its own per call: one abandoned in a hang must not keep the
+        # process from exiting (an executor's workers are joined at exit).
+        threading.Thread(target=run, name="api", daemon=True).start()
         self._inflight = (what, future)
         self._started = self._monotonic()
 
@@ -44,13 +59,11 @@ class Caller(Generic[T, R]):
     def abandon(self) -> T | None:
         """Give up on the call in flight (it has outlived every deadline: a hang below the
         HTTP client, such as a name lookup). Its thread is left to finish on its own, and
-        whatever it returns is dropped; the next call gets a fresh thread."""
+        whatever it returns is dropped."""
         if self._inflight is None:
             return None
         what, future = self._inflight
         future.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="api")
         self._inflight = None
         return what
 
@@ -62,6 +75,8 @@ class Caller(Generic[T, R]):
         return done
 
     def wake(self) -> None:
+        if self._closed:
+            return  # an abandoned call finishing late: the pipe may be gone
         with contextlib.suppress(OSError):  # a full pipe already wakes the loop
             os.write(self._wake_w, b"x")
 
@@ -76,6 +91,6 @@ class Caller(Generic[T, R]):
             concurrent.futures.wait([self._inflight[1]], timeout=timeout)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._closed = True
         os.close(self.wake_fd)
         os.close(self._wake_w)

@@ -19,6 +19,7 @@ small modules of their own.
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import json
 import logging
 import os
@@ -46,7 +47,7 @@ from relay.ledger import Ledger, iso, utc_now
 from relay.log import event
 from relay.ntfy import Notifier, Push
 from relay.records import OPERATOR, RELAY, Record, Sender, Status, Turn, session
-from relay.spool import Spool, display, parse_item
+from relay.spool import Refused, Spool, display, parse_item
 
 __all__ = ["ApiFactory", "Engine"]
 
@@ -54,6 +55,13 @@ log = logging.getLogger(__name__)
 
 WRITE_RETRY_S = 10.0
 ABANDON_GRACE_S = 30.0
+# Errors that say the disk (not this item) is in trouble: wait and retry, never set aside.
+DISK_ERRORS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+)
+# This many items in a row refused by the API as bad requests means the trouble is shared
+# (the history, the system prompt): block instead of setting every item aside.
+REFUSALS_BEFORE_BLOCK = 3
 # How many relay processes may begin an item before it is set aside: a crash mid-turn is
 # survived (a few times over), an item that kills relay every time is not retried forever.
 MAX_TRIES = 5
@@ -116,6 +124,7 @@ class Engine:
         self.last_error: str | None = None
         self.last_dispatch_session: str | None = None
         self.summary_stuck_at = -1
+        self.refusals = 0  # API refusals of single requests in a row
         self.begun: set[str] = set()  # items this process has counted
         self._now = monotonic()
         self.reporter = status_file.StatusWriter(layout.status, monotonic)
@@ -132,6 +141,7 @@ class Engine:
         self._load(history.load(self.layout.history))
         try:
             self.spool.resume_rejections(lambda source: not source.startswith("."))
+            self.spool.sweep()
         except OSError as exc:
             self._write_failed("cannot finish setting an item aside", exc)
         self.accounts.load()
@@ -222,9 +232,14 @@ class Engine:
         aside with the reason, and the items behind it flow."""
         try:
             return not step(key)
+        except Refused as exc:
+            return self._refuse_safely(key, str(exc))
         except OSError as exc:
-            self._write_failed(f"cannot handle {key}", exc)
-            return False
+            if exc.errno in DISK_ERRORS:
+                self._write_failed(f"cannot handle {key}", exc)
+                return False
+            log.exception("error handling %s", key)
+            return self._refuse_safely(key, f"relay cannot handle it ({exc.strerror or exc})")
         except Exception as exc:
             log.exception("error handling %s", key)
             return self._refuse_safely(
@@ -239,8 +254,8 @@ class Engine:
             self._after_turn(key, turn)
             return False
         item = parse_item(key)
-        if item is None:
-            return False  # not ours to handle: only relay (and root) write the inbox
+        if item is None:  # only relay (and root) write the inbox: say so, and move on
+            return self._refuse(key, "not an inbox item relay knows", tell=False)
         if item.operator:
             try:
                 text = self.spool.read(key).decode("utf-8")
@@ -355,6 +370,7 @@ class Engine:
             self._api_failed(call, ApiError(f"unexpected error: {exc}", transient=True))
             return
         self.backoff = self.backoff.succeeded()
+        self.refusals = 0
         cost = self.accounts.charge(call.kind, call.key, call.sender, reply)
         if call.kind == "turn":
             self._stash(call.key, reply, cost)
@@ -420,7 +436,8 @@ class Engine:
                 level=logging.WARNING,
             )
             return
-        if exc.per_item:
+        if exc.per_item and self.refusals + 1 < REFUSALS_BEFORE_BLOCK:
+            self.refusals += 1
             self._refused_by_api(call, exc)
             return
         first = self.backoff.blocked is None
@@ -573,6 +590,11 @@ class Engine:
         self._after_turn(call.key, turn)
 
     def _after_turn(self, key: str, turn: Turn) -> None:
+        if not os.path.lexists(self.spool.inbox / key):
+            # Finished already (a write error came after): its reply is pending or was
+            # delivered, and the item's absence is what says so. Enqueueing again could
+            # hand the session the same reply twice.
+            return
         if turn.target and not turn.needs_jc:
             outbox.enqueue(self.layout, turn.target, key, turn.reply)
         elif not turn.needs_jc:

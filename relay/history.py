@@ -101,7 +101,14 @@ class HistoryFile:
             size = os.fstat(fd).st_size
             os.ftruncate(fd, size - written)
             raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
-        os.fsync(fd)
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            # The line is written: raising would have the caller append it again (the same
+            # turn twice in the conversation). Its durability is what is in doubt.
+            log.error(
+                "cannot fsync %s: %s; the record is written but may not be durable", self.path, exc
+            )
 
     def replace(self, records: Iterable[Record]) -> Path:
         """Swap in `records` as the whole history; the old file moves to archive/."""

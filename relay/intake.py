@@ -13,6 +13,7 @@ refused with a reason, and the run goes on.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -24,7 +25,6 @@ from pathlib import Path
 from relay import fsutil
 from relay.config import Config
 from relay.envelope import Envelope, Rejected, parse_envelope
-from relay.fsutil import file_kind
 from relay.layout import Layout
 from relay.log import event
 from relay.spool import (
@@ -133,7 +133,6 @@ class _Drain:
         self.result = result
         self.final = final
         self.blocking = blocking
-        self.stuck: set[str] = set()  # entries refused in place (unmovable directories)
 
     def run(self) -> None:
         for name in self.spool.resume_rejections(_queue_claim):
@@ -143,7 +142,7 @@ class _Drain:
             for stale in self.spool.stale_claims():
                 self._settle(stale)
             # Envelopes that arrive while we work are taken in the same run.
-            while entries := [e for e in self.spool.queue_entries() if e[1] not in self.stuck]:
+            while entries := self.spool.queue_entries():
                 for mtime, name in entries:
                     claim = self._claim(name, mtime)
                     if claim is not None:
@@ -160,17 +159,17 @@ class _Drain:
         try:
             return self.spool.claim(name, mtime)
         except OSError as exc:
-            # Only what relay may not move is left: a client's directory without write
-            # permission for us (its ".." cannot be updated). Refuse it where it is, once.
-            self.stuck.add(name)
+            # Only a client's directory relay may not move (its ".." cannot be updated
+            # without write permission on it) is refused where it lies; any other error
+            # (a full disk) is the run's, retried as a whole.
             try:
-                kind = file_kind(os.lstat(self.layout.queue / name).st_mode)
-            except OSError:
+                is_dir = stat.S_ISDIR(os.lstat(self.layout.queue / name).st_mode)
+            except FileNotFoundError:
                 return None
-            if self.spool.refused_in_place(name):
-                return None
-            reason = f"not a regular file ({kind} that relay cannot move: {exc.strerror})"
-            self.spool.reject_in_queue(name, reason)
+            if not is_dir or exc.errno not in (errno.EACCES, errno.EPERM):
+                raise
+            reason = f"not a regular file (a directory that relay cannot move: {exc.strerror})"
+            self.spool.refuse_in_queue(name, reason)
             self._rejected(name, reason)
             return None
 
@@ -192,7 +191,7 @@ class _Drain:
 
     def _settle(self, claim: Claim) -> None:
         try:
-            envelope = self._parse(claim)
+            data, envelope = self._parse(claim)
         except Rejected as exc:
             if self._young(claim) is not None:
                 return  # deferred: looked at again shortly (run() says when)
@@ -214,7 +213,7 @@ class _Drain:
             # before the admission, the next run finds its own key there and goes on, while
             # any other envelope with this id (even a `cp -p` copy) is refused.
             fsutil.atomic_write(marker, key.encode())
-        self.spool.admit(claim)
+        self.spool.admit(claim, data)
         event(
             log,
             "accepted",
@@ -226,12 +225,12 @@ class _Drain:
         )
         self.result.accepted.append(key)
 
-    def _parse(self, claim: Claim) -> Envelope:
+    def _parse(self, claim: Claim) -> tuple[bytes, Envelope]:
         try:
             data = read_client_file(claim.path, self.config.max_envelope_bytes)
         except Refused as exc:
             raise Rejected(str(exc)) from None
-        return parse_envelope(data, self.config.sessions, self.config.max_envelope_bytes)
+        return data, parse_envelope(data, self.config.sessions, self.config.max_envelope_bytes)
 
     def _reject(self, claim: Claim, reason: str) -> None:
         self.spool.reject_claim(claim, reason)
@@ -337,7 +336,7 @@ def _settle_operator(spool: Spool, claim: Path, result: IntakeResult) -> None:
         fsutil.unlink_durable(claim)
         event(log, "ignored", "operator input was empty; ignored", level=logging.WARNING)
         return
-    spool.admit_operator(claim)
+    spool.admit_operator(claim, data)
     event(log, "operator_input", "operator input accepted", envelope=key)
     result.accepted.append(key)
 

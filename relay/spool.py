@@ -95,6 +95,12 @@ def _digest_stem(key: str) -> str:
     return "h" + hashlib.sha256(os.fsencode(key)).hexdigest()[:32]
 
 
+def _clamp_mtime(mtime: int) -> int:
+    """Into the 20 digits a name has for it: a client may set any mtime (before 1970, or
+    past what fits), and a name that did not parse back would be no item at all."""
+    return min(max(mtime, 0), 10**20 - 1)
+
+
 def envelope_key(mtime: int, serial: int) -> str:
     return f"{ENVELOPE}{mtime:020d}-{serial:020d}"
 
@@ -152,8 +158,8 @@ class Serials:
             except (UnicodeDecodeError, ValueError):
                 stored = 0
             start = max(stored, time.time_ns() // 1000)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{start + SERIAL_BLOCK}\n".encode(), 0)
+            # Fixed width, written in place: never a moment when the file is empty.
+            os.pwrite(fd, f"{start + SERIAL_BLOCK:020d}\n".encode(), 0)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -224,27 +230,35 @@ def rejected_name(name: bytes, attempt: int) -> bytes:
 
 def reject_file(
     where: Path,
-    source: Path,
+    source: Path | None,
     name: str,
     reason: str,
     *,
     private: bool,
     journal: Path | None = None,
+    copy: bool = False,
 ) -> tuple[Path, bool]:
-    """Move `source` into `where` under `name` (or a derived name) with NAME.reason beside.
+    """Put `source` into `where` under `name` (or a derived name) with NAME.reason beside.
 
     The reason is linked into place first, which fails if the name is taken: a name is
-    reserved atomically even when the engine and an intake run reject at the same moment.
-    `journal` (in the inbox) records the reservation before it is made, so that a crash
-    between the reason and the move is finished by `resume_rejection`, never leaving a
-    reason without its file. Returns the rejected file's path and whether it was moved
-    (False: a directory relay cannot move; only its reason was written)."""
+    reserved atomically even when the engine and an intake run reject at the same moment;
+    after ten numbered names a random suffix makes one that is free. `journal` (in the
+    inbox) records the reservation before it is made, so that a crash between the reason
+    and the move is finished by `Spool.resume_rejections`, never leaving a reason without
+    its file. With no `source`, only the reason is written. A client's file is moved byte
+    for byte; with `copy`, a file of relay's own
+    (an admitted item) is copied in (taking the folder's group, as clients read it) and
+    then removed. Returns the rejected file's path and whether it was moved (False: a
+    directory relay cannot move; only its reason was written)."""
     fsutil.makedirs(where, PRIVATE_MODE if private else REJECTED_MODE)
     file_mode = PRIVATE_FILE_MODE if private else CLIENT_FILE_MODE
     raw = os.fsencode(name)
     line = reason.replace("\n", " ").replace("\r", " ").strip()
-    for attempt in range(10_000):
-        target_raw = rejected_name(raw, attempt)
+    for attempt in range(NUMBERED_NAMES + 100):
+        if attempt < NUMBERED_NAMES:
+            target_raw = rejected_name(raw, attempt)
+        else:
+            target_raw = rejected_name(raw + b".~" + os.urandom(8).hex().encode(), 0)
         if target_raw[: len(raw)] != raw or len(target_raw) < len(raw):
             line_here = f"{line} (the file was named {display(name)!r})"
         else:
@@ -254,16 +268,35 @@ def reject_file(
         if os.path.lexists(target):
             continue
         data = (line_here + "\n").encode("utf-8", "backslashreplace")
-        if journal is not None:
-            record = b"P" if private else b"Q"
-            fsutil.atomic_write(journal, record + target_raw.hex().encode() + b"\n" + data)
+        if journal is not None and source is not None:
+            fsutil.atomic_write(journal, _journal_record(private, copy, target_raw, source, data))
         if not _link_new(reason_path, data, file_mode):
             continue
-        moved = _move_rejected(source, target, file_mode)
+        moved = source is not None and _place(source, target, file_mode, copy)
         if journal is not None:
             fsutil.unlink_durable(journal)
         return target, moved
     raise OSError(errno.EEXIST, "no free name for a rejected file", str(where / name))
+
+
+NUMBERED_NAMES = 10
+ITEM_MAX_BYTES = 16 * 1024 * 1024  # past any envelope or operator limit
+
+
+def _journal_record(private: bool, copy: bool, target: bytes, source: Path, data: bytes) -> bytes:
+    flags = (b"P" if private else b"Q") + (b"C" if copy else b"M")
+    source_raw = os.fsencode(source.name)
+    return flags + b" " + target.hex().encode() + b" " + source_raw.hex().encode() + b"\n" + data
+
+
+def _place(source: Path, target: Path, mode: int, copy: bool) -> bool:
+    if not copy:
+        return _move_rejected(source, target, mode)
+    data = fsutil.read_regular(source, 1 << 30, follow_symlinks=False)
+    if not _link_new(target, data, mode):
+        raise OSError(errno.EEXIST, "a reserved rejected name was taken", str(target))
+    fsutil.unlink_durable(source)
+    return True
 
 
 def _link_new(path: Path, data: bytes, mode: int) -> bool:
@@ -379,7 +412,7 @@ class Spool:
                     mtime = entry.stat(follow_symlinks=False).st_mtime_ns
                 except FileNotFoundError:
                     continue
-                entries.append((mtime, entry.name))
+                entries.append((_clamp_mtime(mtime), entry.name))
         entries.sort()
         return entries
 
@@ -438,8 +471,13 @@ class Spool:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.inbox / name)
 
-    def admit(self, claim: Claim) -> str:
-        """Make a validated claim an inbox item; returns its key."""
+    def admit(self, claim: Claim, data: bytes) -> str:
+        """Make a validated claim an inbox item; returns its key.
+
+        The item is relay's own copy of the validated bytes, written over the claim first:
+        the client's inode (which it may still hold open, to change its mode or content,
+        or lease) never becomes the item. A crash in between leaves a claim relay owns."""
+        fsutil.atomic_write(claim.path, data)
         fsutil.durable_rename(claim.path, self.inbox / claim.key)
         return claim.key
 
@@ -457,24 +495,21 @@ class Spool:
                 os.unlink(self._name_meta(claim.serial))
         return target
 
-    def refused_in_place(self, name: str) -> bool:
-        """Whether `name` was already refused where it lies (only its reason was written)."""
-        target = rejected_name(os.fsencode(name), 0)
-        reason = self.layout.rejected / os.fsdecode(target + REASON_SUFFIX.encode())
-        return os.path.lexists(reason) and not os.path.lexists(
-            self.layout.rejected / os.fsdecode(target)
-        )
-
-    def reject_in_queue(self, name: str, reason: str) -> tuple[Path, bool]:
-        """Refuse something in queue/ that cannot be claimed (a directory relay may not
-        move); it is moved to queue/.rejected/ if possible, else only its reason is."""
-        return reject_file(
+    def refuse_in_queue(self, name: str, reason: str) -> Path:
+        """Refuse what relay may not move out of queue/ (a client's directory without write
+        permission for relay: its ".." cannot be updated). It is renamed, inside queue/,
+        to a dot-name (which needs no permission on the directory itself), so intake and
+        the path unit leave it alone; its reason names it, for its owner to remove."""
+        hidden = f".refused-{os.urandom(8).hex()}"
+        os.rename(self.layout.queue / name, self.layout.queue / hidden)
+        target, _ = reject_file(
             self.layout.rejected,
-            self.layout.queue / name,
+            None,
             name,
-            reason,
+            f"{reason}; it is now queue/{hidden}: remove it",
             private=False,
         )
+        return target
 
     # ---- intake: the operator --------------------------------------------------------
 
@@ -499,8 +534,9 @@ class Spool:
         # Claims by an older release were stamped with time_ns, and named items j-<ns>.txt.
         return operator_key(int(stamp)) if len(stamp) == 20 else f"{OPERATOR}{stamp}.txt"
 
-    def admit_operator(self, claim: Path) -> str:
+    def admit_operator(self, claim: Path, data: bytes) -> str:
         key = self.operator_claim_key(claim)
+        fsutil.atomic_write(claim, data)  # relay's own copy, as for envelopes (see admit)
         fsutil.durable_rename(claim, self.inbox / key)
         return key
 
@@ -522,10 +558,17 @@ class Spool:
         return sorted(n for n in self._inbox_names() if not n.startswith("."))
 
     def read(self, key: str) -> bytes:
-        path = self.inbox / key
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as handle:
-            return handle.read()
+        """An item's bytes. Items are relay's own copies, but an older release left the
+        client's file as the item: read it as carefully as a claim (Refused otherwise)."""
+        try:
+            data = fsutil.read_regular(self.inbox / key, ITEM_MAX_BYTES, follow_symlinks=False)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise Refused(f"cannot be read: {exc.strerror or exc}") from None
+        if len(data) > ITEM_MAX_BYTES:
+            raise Refused(f"too large: over {ITEM_MAX_BYTES} bytes")
+        return data
 
     def client_name(self, key: str) -> str:
         """The name the item's file had in queue/ (or a name for operator input)."""
@@ -577,26 +620,30 @@ class Spool:
             return None
 
     def finish(self, key: str) -> None:
-        """The item is done: remove it, then what belongs to it."""
-        fsutil.unlink_durable(self.inbox / key)
+        """The item is done: remove what belongs to it, then the item (a crash in between
+        leaves an item whose turn is recorded, finished again without a call)."""
         self._forget(key)
+        fsutil.unlink_durable(self.inbox / key)
 
     def set_aside(self, key: str, reason: str) -> Path:
-        """Refuse an admitted item: an envelope back to queue/.rejected/ under its client's
-        name, operator input to the private state/rejected/. Then forget it."""
+        """Refuse an admitted item: an envelope into queue/.rejected/ under its client's
+        name, operator input into the private state/rejected/. Then forget it."""
         item = parse_item(key)
         source = self.inbox / key
-        if item is not None and item.operator:
-            target = self.reject_operator(source, key, reason)
-        else:
-            target, _ = reject_file(
-                self.layout.rejected,
-                source,
-                self.client_name(key),
-                reason,
-                private=False,
-                journal=self._journal(key),
-            )
+        name = self.client_name(key)
+        for path in (self._dot(TRIES, key), self._dot(REPLY, key)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        private = item is not None and item.operator
+        target, _ = reject_file(
+            self.layout.operator_rejected if private else self.layout.rejected,
+            source,
+            operator_file_name(key) if private else name,
+            reason,
+            private=private,
+            journal=self._journal(key),
+            copy=True,
+        )
         self._forget(key)
         return target
 
@@ -609,6 +656,23 @@ class Spool:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
+    def sweep(self, older_than_s: float = 60.0) -> None:
+        """Remove what killed processes left beside no item: counters and kept replies of
+        items that are gone (the engine, their only writer, calls this at start), and
+        temporary files old enough that no live writer can still be about to rename one."""
+        names = self._inbox_names()
+        stems = {item.stem for n in names if (item := parse_item(n)) is not None}
+        now = time.time()
+        for name in names:
+            path = self.inbox / name
+            with contextlib.suppress(FileNotFoundError):
+                if (name.startswith((TRIES, REPLY)) and name[len(TRIES) :] not in stems) or (
+                    name.startswith(".")
+                    and name.endswith(".tmp")
+                    and now - os.lstat(path).st_mtime > older_than_s
+                ):
+                    os.unlink(path)
+
     # ---- rejections a crash interrupted ------------------------------------------------
 
     def resume_rejections(self, owns: Callable[[str], bool]) -> list[str]:
@@ -617,35 +681,49 @@ class Spool:
         names of the files whose rejection was finished (or redone)."""
         done: list[str] = []
         for name in sorted(self._inbox_names()):
-            if not name.startswith(JOURNAL) or not owns(name[len(JOURNAL) :]):
+            if not name.startswith(JOURNAL) or name.endswith(".tmp"):
                 continue
-            source_name = name[len(JOURNAL) :]
+            journal = self.inbox / name
+            try:
+                head, _, data = journal.read_bytes().partition(b"\n")
+                flags, target_hex, source_hex = head.split(b" ")
+                target_raw = bytes.fromhex(target_hex.decode("ascii"))
+                source_name = os.fsdecode(bytes.fromhex(source_hex.decode("ascii")))
+            except (OSError, ValueError):
+                continue  # torn: written before its reservation, so nothing was moved yet
+            if not owns(source_name):
+                continue
             client_name = self._client_name_of(source_name)
-            if self._resume(self.inbox / name, source_name):
+            private, copy = flags[:1] == b"P", flags[1:2] == b"C"
+            if self._resume(journal, source_name, target_raw, data, private, copy):
                 done.append(client_name)
         return done
 
-    def _resume(self, journal: Path, source_name: str) -> bool:
+    def _resume(
+        self,
+        journal: Path,
+        source_name: str,
+        target_raw: bytes,
+        data: bytes,
+        private: bool,
+        copy: bool,
+    ) -> bool:
         source = self.inbox / source_name
-        try:
-            raw = journal.read_bytes()
-            head, _, data = raw.partition(b"\n")
-            private, target_raw = head[:1] == b"P", bytes.fromhex(head[1:].decode("ascii"))
-        except (OSError, ValueError):
-            fsutil.unlink_durable(journal)
-            return False
         if not os.path.lexists(source):
             fsutil.unlink_durable(journal)  # the move was made; only the journal was left
+            self._after_rejection(source_name)
             return False
         where = self.layout.operator_rejected if private else self.layout.rejected
         target = where / os.fsdecode(target_raw)
         reason_path = where / os.fsdecode(target_raw + REASON_SUFFIX.encode())
+        mode = PRIVATE_FILE_MODE if private else CLIENT_FILE_MODE
         ours = False
         with contextlib.suppress(OSError):
-            ours = not os.path.lexists(target) and reason_path.read_bytes() == data
-        if ours:
-            _move_rejected(source, target, PRIVATE_FILE_MODE if private else CLIENT_FILE_MODE)
-            fsutil.unlink_durable(journal)
+            ours = reason_path.read_bytes() == data
+        if ours and os.path.lexists(target) and copy:
+            fsutil.unlink_durable(source)  # copied in before the crash; the rest remained
+        elif ours and not os.path.lexists(target):
+            _place(source, target, mode, copy)
         else:  # the reservation never happened: reject it again, from the start
             reason = data.decode("utf-8", "replace").strip()
             reject_file(
@@ -655,7 +733,9 @@ class Spool:
                 reason,
                 private=private,
                 journal=journal,
+                copy=copy,
             )
+        fsutil.unlink_durable(journal)
         self._after_rejection(source_name)
         return True
 
@@ -676,7 +756,8 @@ class Spool:
             self._forget(source_name)
 
     def _journal(self, source_name: str) -> Path:
-        return self.inbox / f"{JOURNAL}{source_name}"
+        # Named by a digest: a name of an older release's making could be 250 bytes long.
+        return self.inbox / f"{JOURNAL}{_digest_stem(source_name)}"
 
     # ---- helpers ---------------------------------------------------------------------
 
@@ -695,7 +776,7 @@ class Spool:
         except FileNotFoundError:
             return 0, f"envelope-{serial:020d}"
         stamp, _, name = raw.partition(b"\n")
-        mtime = int(stamp) if stamp.isdigit() else 0
+        mtime = _clamp_mtime(int(stamp)) if stamp.lstrip(b"-").isdigit() else 0
         return mtime, os.fsdecode(name) or f"envelope-{serial:020d}"
 
     def _dot(self, prefix: str, key: str) -> Path:

@@ -579,3 +579,50 @@ def test_a_call_that_hangs_below_every_deadline_is_abandoned_and_retried(
         "re: [from session-1]\nhello"
     ]
     engine.close()
+
+
+def test_an_older_release_item_with_a_long_name_can_be_set_aside(
+    world: tuple[Config, Layout, FakeApi, Clock],
+) -> None:
+    config, layout, api, _ = world
+    layout.ensure_all(config.sessions)
+    name = "n" * 220 + ".json"
+    key = f"q-{1:020d}-{name}"  # as the previous release named items
+    (layout.inbox / key).write_text(json.dumps({"session_id": "session-1", "content": "x"}))
+    api.errors.append(refusal())
+    engine = make(world)
+    settle(engine)
+    assert (layout.rejected / name).exists() and (layout.rejected / f"{name}.reason").exists()
+    assert engine.spool.items() == []
+    engine.close()
+
+
+def test_a_write_error_after_the_reply_was_queued_never_delivers_it_twice(
+    world: tuple[Config, Layout, FakeApi, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from relay import fsutil
+
+    _, layout, api, clock = world
+    engine = make(world)
+    put_envelope(layout, "a.json", "session-1", "hello")
+    real = fsutil.unlink_durable
+    failed: list[Path] = []
+
+    def unlink_then_fail(path: Path) -> None:
+        real(path)
+        if path.name.startswith("q-") and not failed:
+            failed.append(path)
+            raise OSError(errno.EIO, "I/O error")  # the item is gone, its dir not synced
+
+    monkeypatch.setattr(fsutil, "unlink_durable", unlink_then_fail)
+    engine.tick()
+    engine.wait_inflight(5)
+    engine.tick()
+    assert layout.input_file("session-1").read_text() == "re: [from session-1]\nhello"
+    layout.input_file("session-1").unlink()  # the session took it
+    clock.now += 11
+    settle(engine)
+    assert not layout.input_file("session-1").exists() and len(api.calls) == 1
+    engine.close()

@@ -289,3 +289,62 @@ def test_a_crash_in_the_middle_of_a_rejection_never_leaves_a_reason_alone(
     assert rejected(layout) == {b"bad.json": rejected(layout)[b"bad.json"]}
     assert (layout.rejected / "bad.json").read_bytes() == b"{broken"
     assert [n for n in os.listdir(layout.inbox) if not n.startswith(".lock")] == []
+
+
+def test_an_admitted_item_is_relays_own_copy_not_the_clients_inode(
+    setup: tuple[Config, Layout],
+) -> None:
+    config, layout = setup
+    drop(layout, b"held.json", envelope("held open"))
+    fd = os.open(layout.queue / "held.json", os.O_RDWR)
+    try:
+        (key,) = intake.drain_queue(config, layout).accepted
+        os.fchmod(fd, 0)  # the client still holds the file it wrote
+        os.write(fd, b"and changes it afterwards")
+    finally:
+        os.close(fd)
+    item = layout.inbox / key
+    assert stat.S_IMODE(item.stat().st_mode) == 0o600
+    assert json.loads(Spool(layout).read(key))["content"] == "held open"
+
+
+def test_a_name_refused_many_times_still_gets_a_place(setup: tuple[Config, Layout]) -> None:
+    config, layout = setup
+    for n in range(12):
+        drop(layout, b"same.json", b"{broken", mtime_ns=n + 1)
+        intake.drain_queue(config, layout)
+    reasons = rejected(layout)
+    assert len(reasons) == 12 and b"same.json" in reasons and b"same.json.9" in reasons
+    assert all(n.startswith(b"same.json") for n in reasons)
+
+
+def test_a_negative_mtime_still_makes_an_item(setup: tuple[Config, Layout]) -> None:
+    config, layout = setup
+    drop(layout, b"old.json", envelope("from before 1970"), mtime_ns=-(10**18))
+    (key,) = intake.drain_queue(config, layout).accepted
+    assert parse_item(key) is not None and contents(layout) == ["from before 1970"]
+
+
+def test_a_directory_relay_cannot_move_is_refused_once_and_hidden(
+    setup: tuple[Config, Layout], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    config, layout = setup
+    (layout.queue / "dir.json").mkdir()
+    real_rename = os.rename
+
+    def no_write_permission(src: object, dst: object) -> None:
+        if str(src).endswith("/queue/dir.json") and "/inbox/" in str(dst):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        real_rename(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "rename", no_write_permission)
+    drop(layout, b"ok.json", envelope("fine"))
+    for _ in range(3):
+        intake.drain_queue(config, layout)
+    assert contents(layout) == ["fine"]
+    reasons = os.listdir(layout.rejected)
+    assert reasons == ["dir.json.reason"]
+    hidden = [n for n in os.listdir(layout.queue) if n.startswith(".refused-")]
+    assert len(hidden) == 1 and hidden[0] in (layout.rejected / "dir.json.reason").read_text()
