@@ -61,14 +61,6 @@ def durable_rename(src: Path, dst: Path) -> None:
         fsync_dir(src.parent)
 
 
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def unlink_durable(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)

@@ -439,7 +439,7 @@ class Spool:
         are the jc handler's, which may run at this very moment: not listed here."""
         claims: list[Claim] = []
         for name in self._inbox_names():
-            if name.startswith(CLAIM) and not name.endswith(".n"):
+            if name.startswith(CLAIM):
                 serial = int(name[len(CLAIM) :]) if name[len(CLAIM) :].isdigit() else None
                 if serial is None:
                     continue
