@@ -495,6 +495,11 @@ class Engine:
         origin: str | None = None
         if item is not None and not item.operator:
             origin = self._envelope_session(key)
+        if tell and origin is not None and origin in self.config.sessions:
+            # Queued before the item moves (idempotent per key): a crash in between may
+            # tell the session twice over, never not at all.
+            notice = NOT_PROCESSED.format(reason=reason)
+            outbox.enqueue(self.layout, origin, f"{key}.aside", notice)
         target = self.spool.set_aside(key, reason)
         self.begun.discard(key)
         event(
@@ -517,10 +522,6 @@ class Engine:
                     ("warning",),
                 )
             )
-            if origin is not None and origin in self.config.sessions:
-                outbox.enqueue(
-                    self.layout, origin, f"{key}.aside", NOT_PROCESSED.format(reason=reason)
-                )
         return False
 
     def _refuse_safely(self, key: str, reason: str) -> bool:
