@@ -315,21 +315,23 @@ class Engine:
 
     def _turn(self, key: str, sender: Sender, content: str, target: str | None) -> bool:
         """Start the API call for one turn (a summarization first, when one is due)."""
+        user = conv.user_text(sender, content)
+        stashed = self._stashed(key)
+        if stashed is not None:
+            # Answered before a crash that came before the record: no second paid call,
+            # so nothing to wait for (a key, a backoff, a summarization).
+            if not self._begin(key):
+                return False
+            log.info("%s was answered before the restart; recording that answer", key)
+            self.unrecorded = Answered(Call("turn", key, sender, user, target, [], []), *stashed)
+            self._record()
+            return True
         if self.api is None or not self.backoff.ready(self._now):
             return True
         if self._summarize():
             return True
         if not self._begin(key):
             return False
-        stashed = self._stashed(key)
-        user = conv.user_text(sender, content)
-        call = Call("turn", key, sender, user, target, [], [])
-        if stashed is not None:
-            # Answered before a crash that came before the record: no second paid call.
-            log.info("%s was answered before the restart; recording that answer", key)
-            self.unrecorded = Answered(call, *stashed)
-            self._record()
-            return True
         system = conv.render_system(self.config.system_prompt)
         messages = conv.render_messages(self.records, user)
         self._start(Call("turn", key, sender, user, target, system, messages))

@@ -626,3 +626,19 @@ def test_a_write_error_after_the_reply_was_queued_never_delivers_it_twice(
     settle(engine)
     assert not layout.input_file("session-1").exists() and len(api.calls) == 1
     engine.close()
+
+
+def test_a_kept_reply_is_recorded_even_without_an_api_key(
+    world: tuple[Config, Layout, FakeApi, Clock],
+) -> None:
+    config, layout, api, clock = world
+    layout.ensure_all(config.sessions)
+    put_envelope(layout, "a.json", "session-1", "x")
+    stash = {"text": "kept", "usage": {"input_tokens": 3}, "model": "m", "cost_usd": 0.1}
+    (layout.inbox / f".r-{1:020d}").write_text(json.dumps(stash))
+    engine = Engine(config, layout, lambda k, c: api, FakeNotifier(), {}, monotonic=clock)
+    engine.recover()
+    settle(engine)
+    assert engine.api is None and api.calls == []
+    assert layout.input_file("session-1").read_text() == "kept"
+    engine.close()
