@@ -21,7 +21,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tests.relayproc import RelayProcess
+from tests.relayproc import RelayProcess, wait_for
 from tests.standin.api import StandinAPI
 from tests.standin.ntfy import StandinNtfy
 
@@ -159,14 +158,8 @@ class Deployment(abc.ABC):
 
     def wait_for(self, predicate: Callable[[], T | None], what: str, timeout: float = TIMEOUT) -> T:
         """The first true value of `predicate`; fails the test after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.kind}: timed out after {timeout}s waiting for {what}")
-            time.sleep(self.poll_interval)
+        value: T = wait_for(predicate, timeout, what, self.poll_interval, self.kind)
+        return value
 
     def read(self, path: str) -> str | None:
         data = self.read_bytes(path)

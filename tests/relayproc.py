@@ -35,15 +35,25 @@ def write_config(directory: Path, api_url: str, **overrides: Any) -> Path:
     return path
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT, what: str = "") -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = DEFAULT_TIMEOUT,
+    what: str = "",
+    interval: float = 0.01,
+    who: str = "",
+) -> Any:
+    """The first true value of `predicate`; fails the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(0.01)
+            prefix = f"{who}: " if who else ""
+            raise AssertionError(
+                f"{prefix}timed out after {timeout}s waiting for {what or predicate}"
+            )
+        time.sleep(interval)
 
 
 class RelayProcess:
