@@ -37,9 +37,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = 
     try:
         # The umask may have narrowed `mode`; clients rely on the exact bits.
         os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         if durable:
             os.fsync(fd)
     except BaseException:
@@ -51,6 +49,13 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = 
     os.rename(tmp, path)
     if durable:
         fsync_dir(path.parent)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until all of `data` is written (a write may be short)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def durable_rename(src: Path, dst: Path) -> None:
@@ -89,19 +94,25 @@ def makedirs(path: Path, mode: int) -> None:
         os.umask(old)
 
 
-def read_regular(path: Path, limit: int, *, follow_symlinks: bool = True) -> bytes:
+def read_regular(
+    path: Path, limit: int, *, follow_symlinks: bool = True, max_links: int | None = None
+) -> bytes:
     """Up to `limit` + 1 bytes of `path`, which must be a regular file.
 
     Opened without blocking, so a FIFO nobody writes to cannot hang the caller, and
     checked with fstat before a byte is read, so /dev/zero or /dev/urandom cannot feed it
     without end; the extra byte lets the caller tell "exactly `limit`" from "too large".
-    Raises `NotRegularFile` (an OSError) for anything else."""
+    Raises `NotRegularFile` (an OSError) for anything else, and (errno EMLINK) for a file
+    with more than `max_links` links."""
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     fd = os.open(path, flags if follow_symlinks else flags | os.O_NOFOLLOW)
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise NotRegularFile(errno.EINVAL, f"not a regular file ({file_kind(mode)})", str(path))
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = file_kind(st.st_mode)
+            raise NotRegularFile(errno.EINVAL, f"not a regular file ({kind})", str(path))
+        if max_links is not None and st.st_nlink > max_links:
+            raise NotRegularFile(errno.EMLINK, f"has {st.st_nlink} hard links", str(path))
         chunks: list[bytes] = []
         size = 0
         while size <= limit and (chunk := os.read(fd, min(1 << 16, limit + 1 - size))):

@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 5.0
 INTAKE_RETRY_S = 0.5
-INTAKE_ERROR_RETRY_S = 10.0
 
 
 def real_api(key: str, config: Config) -> MessagesApi:
@@ -189,11 +188,11 @@ class Service:
             operator = intake.drain_operator(self.layout, wait=False)
             queue = intake.drain_queue(self.config, self.layout, wait=False)
         except OSError as exc:
-            log.error("intake: %s; trying again in %ds", exc, INTAKE_ERROR_RETRY_S)
-            return INTAKE_ERROR_RETRY_S
+            log.error("intake: %s; trying again in %ds", exc, intake.ERROR_RETRY_S)
+            return intake.ERROR_RETRY_S
         except Exception:
-            log.exception("intake failed; trying again in %ds", INTAKE_ERROR_RETRY_S)
-            return INTAKE_ERROR_RETRY_S
+            log.exception("intake failed; trying again in %ds", intake.ERROR_RETRY_S)
+            return intake.ERROR_RETRY_S
         if not (operator.ran and queue.ran):
             return INTAKE_RETRY_S
         return queue.retry_in

@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relay import fsutil
-from relay.fsutil import file_kind
 from relay.layout import CLIENT_FILE_MODE, PRIVATE_FILE_MODE, PRIVATE_MODE, REJECTED_MODE, Layout
 
 NAME_MAX = 255
@@ -176,37 +175,22 @@ class Refused(Exception):
 def read_client_file(path: Path, limit: int) -> bytes:
     """Up to `limit` + 1 bytes of a claimed file, never through a link; Refused otherwise.
 
-    Only a regular file with a single link is taken: relay changes the mode of what it
-    rejects and deletes what it accepts, and neither may reach a file outside the queue
-    through a hard link."""
+    Only a regular file with a single link is taken: relay deletes what it accepts and
+    gives what it rejects the folder's mode where it may, and neither may reach a file
+    outside the queue through a hard link."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        return fsutil.read_regular(path, limit, follow_symlinks=False, max_links=1)
+    except fsutil.NotRegularFile as exc:
+        if exc.errno == errno.EMLINK:
+            raise Refused(
+                f"{exc.strerror}; relay takes only files with one link "
+                "(write a new file and rename it into queue/)"
+            ) from None
+        raise Refused(str(exc.strerror)) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise Refused("a symlink; symlinks are never followed") from None
         raise Refused(f"cannot be read: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise Refused(f"not a regular file ({file_kind(st.st_mode)})")
-        if st.st_nlink > 1:
-            raise Refused(
-                f"has {st.st_nlink} hard links; relay takes only files with one link "
-                "(write a new file and rename it into queue/)"
-            )
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            while size <= limit and (chunk := os.read(fd, min(65536, limit + 1 - size))):
-                chunks.append(chunk)
-                size += len(chunk)
-            # The client may not have synced; make the content durable before we own it.
-            os.fsync(fd)
-        except OSError as exc:
-            raise Refused(f"cannot be read: {exc.strerror}") from None
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 # ---- rejecting -------------------------------------------------------------------------
@@ -313,9 +297,7 @@ def _link_new(path: Path, data: bytes, mode: int) -> bool:
         return _link_new_named(path, data, mode)  # a file system without O_TMPFILE
     try:
         os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        fsutil.write_all(fd, data)
         os.fsync(fd)
         # linkat(…, AT_SYMLINK_FOLLOW) on /proc/self/fd/N, as open(2) describes; Python
         # calls linkat (not link) only when given a directory fd, hence "/".
@@ -337,7 +319,7 @@ def _link_new_named(path: Path, data: bytes, mode: int) -> bool:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)
-        os.write(fd, data)
+        fsutil.write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -356,9 +338,12 @@ def _move_rejected(source: Path, target: Path, mode: int) -> bool:
     if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
         # Clients read queue/.rejected/: give the file relay's group-readable mode, but
         # only a file that is ours alone (never an outside inode reached by a hard link).
+        # The client may not have synced: make what is kept durable (an accepted file is
+        # not synced here: it is copied, durably, into an item of relay's own).
         with contextlib.suppress(OSError):
             fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             try:
+                os.fsync(fd)
                 if os.fstat(fd).st_nlink == 1:
                     os.fchmod(fd, mode)
             finally:
@@ -440,7 +425,7 @@ class Spool:
         claims: list[Claim] = []
         for name in self._inbox_names():
             if name.startswith(CLAIM):
-                serial = int(name[len(CLAIM) :]) if name[len(CLAIM) :].isdigit() else None
+                serial = _claim_serial(name)
                 if serial is None:
                     continue
                 mtime, client_name = self._read_name_meta(serial)
@@ -462,12 +447,10 @@ class Spool:
         its claim may be one intake is writing right now."""
         names = self._inbox_names()
         live = {int(m[2]) for n in names if (m := _NEW_ENVELOPE.fullmatch(n))}
-        live |= {
-            int(n[len(CLAIM) :]) for n in names if n.startswith(CLAIM) and n[len(CLAIM) :].isdigit()
-        }
+        live |= {claimed for n in names if (claimed := _claim_serial(n)) is not None}
         for name in names:
-            serial = name[len(NAME_META) :]
-            if name.startswith(NAME_META) and serial.isdigit() and int(serial) not in live:
+            digits = name[len(NAME_META) :]
+            if name.startswith(NAME_META) and digits.isdigit() and int(digits) not in live:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.inbox / name)
 
@@ -742,16 +725,16 @@ class Spool:
     def _client_name_of(self, source_name: str) -> str:
         if source_name.startswith(LEGACY_JC_CLAIM):
             return operator_file_name(self.operator_claim_key(self.inbox / source_name))
-        if source_name.startswith(CLAIM) and source_name[len(CLAIM) :].isdigit():
-            return self._read_name_meta(int(source_name[len(CLAIM) :]))[1]
+        if (serial := _claim_serial(source_name)) is not None:
+            return self._read_name_meta(serial)[1]
         if source_name.startswith(LEGACY_CLAIM):
             return source_name.removeprefix(LEGACY_CLAIM).partition("-")[2]
         return self.client_name(source_name)
 
     def _after_rejection(self, source_name: str) -> None:
-        if source_name.startswith(CLAIM) and source_name[len(CLAIM) :].isdigit():
+        if (serial := _claim_serial(source_name)) is not None:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._name_meta(int(source_name[len(CLAIM) :])))
+                os.unlink(self._name_meta(serial))
         elif not source_name.startswith("."):
             self._forget(source_name)
 
@@ -783,6 +766,12 @@ class Spool:
         item = parse_item(key)
         stem = item.stem if item is not None else _digest_stem(key)
         return self.inbox / f"{prefix}{stem}"
+
+
+def _claim_serial(name: str) -> int | None:
+    """The serial of a claim's name (`.c-SERIAL`), or None for any other name."""
+    digits = name[len(CLAIM) :]
+    return int(digits) if name.startswith(CLAIM) and digits.isdigit() else None
 
 
 def operator_file_name(key: str) -> str:
