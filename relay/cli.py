@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +20,7 @@ if TYPE_CHECKING:
 from relay import __version__, fsutil
 from relay.config import Config, config_path, load_config
 from relay.errors import RelayError, StateError, UsageError
-from relay.layout import PRIVATE_FILE_MODE, Layout
+from relay.layout import Layout
 
 REPLY_WAIT_S = 10.0
 OPERATOR_HINT = (
@@ -58,9 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("run", parents=[common], help="everything in one foreground process")
     sub.add_parser("serve", parents=[common], help="the conversation service (systemd unit)")
+    sub.add_parser("subscribe", parents=[common], help="take answers from the phone (systemd unit)")
     status = sub.add_parser("status", parents=[common], help="show state, pending, cost")
     status.add_argument("--json", action="store_true", help="print status.json as JSON")
-    sub.add_parser("topic", parents=[common], help="print the ntfy topic and subscribe URL")
+    sub.add_parser(
+        "topic", parents=[common], help="print the ntfy topics, and where to subscribe and answer"
+    )
     submit = sub.add_parser("submit", parents=[common], help="queue an envelope atomically")
     submit.add_argument("--session", required=True, help="the sending session id")
     submit.add_argument("--id", dest="envelope_id", help="unique id: resubmitting it is a no-op")
@@ -145,6 +147,8 @@ def dispatch(args: argparse.Namespace) -> int:
     command = args.command
     if command in ("run", "serve"):
         return _serve(args, with_intake=command == "run", verbose=verbose)
+    if command == "subscribe":
+        return _subscribe(args, verbose=verbose)
     if command == "cc":
         from relay.cc.cli import dispatch as cc_dispatch
 
@@ -182,6 +186,35 @@ def _serve(args: argparse.Namespace, *, with_intake: bool, verbose: bool) -> int
         restart = "start relay run again" if with_intake else "systemctl restart relay.target"
         _report_failed(Layout(config.data_dir), exc, restart)
         raise
+
+
+def _subscribe(args: argparse.Namespace, *, verbose: bool) -> int:
+    import logging
+    import signal
+
+    from relay import log as relay_log
+    from relay import systemd
+
+    relay_log.setup("relay-answers", verbose=verbose)
+    config = _config(args)
+    sd = systemd.Notifier(os.environ)
+    if config.ntfy.server is None:
+        logging.getLogger(__name__).info(
+            "ntfy.server is null in the config: no answers to take, nothing to do"
+        )
+        sd.ready("ntfy is off (ntfy.server: null)")
+        return 0
+    from relay.subscriber import Subscriber
+
+    subscriber = Subscriber(config, Layout(config.data_dir), os.environ)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: subscriber.stop())
+    sd.ready("taking answers from the answer topic")
+    try:
+        return subscriber.run()
+    finally:
+        sd.stopping()
+        sd.close()
 
 
 def _report_failed(layout: Layout, exc: StateError, restart: str) -> None:
@@ -263,19 +296,32 @@ def _status(config: Config, *, as_json: bool) -> int:
 
 
 def _topic(config: Config) -> int:
-    from relay.topic import may_create, resolve_topic, subscribe_url
+    from relay.topic import may_create, resolve_reply_topic, resolve_topic, subscribe_url
 
     layout = Layout(config.data_dir)
-    topic = resolve_topic(config, layout, create=may_create(layout))
+    create = may_create(layout)
+    topic = resolve_topic(config, layout, create=create)
+    reply_topic = resolve_reply_topic(config, layout, create=create)
     if topic is None:
         raise RelayError(
             f"no ntfy topic yet in {layout.topic}: relay makes one when it starts with "
             "ntfy.server set; or make it now with sudo relay topic"
         )
-    print(f"topic:     {topic}")
-    print(f"subscribe: {subscribe_url(config, topic)}")
+    print(f"topic:        {topic}")
+    print(f"subscribe:    {subscribe_url(config, topic)}   (in the ntfy app, for the questions)")
+    if reply_topic is None:
+        print(
+            f"answer topic: none yet in {layout.reply_topic} (relay makes one when it "
+            "starts; or sudo relay topic)"
+        )
+    else:
+        print(f"answer topic: {reply_topic}")
+        print(
+            f"answer at:    {subscribe_url(config, reply_topic)}   (the web app, in a phone "
+            "browser: type an answer and send it)"
+        )
     if config.ntfy.server is None:
-        print("note:      ntfy.server is null in the config, so no pushes are sent")
+        print("note:         ntfy.server is null in the config, so no pushes are sent")
     return 0
 
 
@@ -345,39 +391,17 @@ def _reply_to_drop(layout: Layout, body: str) -> None:
 
 def _reply_to_state(layout: Layout, body: str) -> None:
     """Write state/jc_input.txt (the contract), never replacing one not yet consumed."""
-    tmp = layout.state / f".jc_input.{os.getpid()}.tmp"
-    fsutil.atomic_write(tmp, body.encode("utf-8"), PRIVATE_FILE_MODE)
-    try:
-        # Root's reply is relay's before it appears: 0600, and no one else reads it.
-        _give_to_state_owner(tmp, layout.state)
-        # A rename that never replaces: an earlier reply not yet consumed is not
-        # overwritten. Not link() and unlink(): between the two the reply would have two
-        # links, and intake refuses a file with more than one.
-        deadline = time.monotonic() + REPLY_WAIT_S
-        while True:
-            try:
-                fsutil.rename_noreplace(tmp, layout.jc_input)
-                break
-            except FileExistsError:
-                if time.monotonic() > deadline:
-                    raise RelayError(
-                        f"{layout.jc_input} still holds an earlier reply that "
-                        "relay has not consumed; is relay running?"
-                    ) from None
-                time.sleep(0.1)
-        fsutil.fsync_dir(layout.state)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    from relay import operator_drop
 
-
-def _give_to_state_owner(path: Path, state: Path) -> None:
-    if os.geteuid() == 0:
-        st = os.stat(state)
-        os.chown(path, st.st_uid, st.st_gid)
+    if not operator_drop.write_jc_input(layout, body.encode("utf-8"), REPLY_WAIT_S):
+        raise RelayError(
+            f"{layout.jc_input} still holds an earlier reply that relay has not consumed; "
+            "is relay running?"
+        )
 
 
 def _alert(config: Config, unit: str) -> int:
+    from relay.config import find_ntfy_token
     from relay.ntfy import Push, post
     from relay.topic import resolve_topic
 
@@ -393,7 +417,8 @@ def _alert(config: Config, unit: str) -> int:
         ("rotating_light", "relay"),
     )
     try:
-        post(config.ntfy.server, topic, push, config.ntfy.timeout_s)
+        token, _ = find_ntfy_token(config, os.environ)
+        post(config.ntfy.server, topic, push, config.ntfy.timeout_s, token)
     except OSError as exc:
         raise RelayError(f"could not send the alert for {unit}: {exc}") from exc
     return 0

@@ -36,6 +36,9 @@ to whoever wrote the turn (for an operator turn: to the session that was waiting
 Be concise and concrete: the session acts on your reply as its next instruction.
 When a decision needs the human operator, start your reply with [NEEDS-JC]
 followed by the question; nothing is sent to any session until the operator answers.
+If the question has a few short answers, end that reply with one line
+"Options: <first> | <second> | <third>" (at most three): the operator's phone shows
+each as a button. The operator may also answer in their own words.
 A session run as an unattended worker ends when your reply to it starts with
 [RELAY-STOP]; use it when that session's work is done."""
 
@@ -54,8 +57,14 @@ class AnthropicConfig:
 @dataclass(frozen=True)
 class NtfyConfig:
     server: str | None = "https://ntfy.sh"
-    topic: str | None = None
+    topic: str | None = None  # the question topic relay pushes to; None: generated once
+    reply_topic: str | None = None  # the answer topic the phone publishes to; None: generated
     timeout_s: float = 5.0
+    max_answer_bytes: int = 4096
+    max_answers_per_minute: int = 30
+    # Streams send a keepalive every 45 s (ntfy's default, ntfy.sh's too): two missed,
+    # and the connection is taken for dead and made again.
+    read_timeout_s: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -336,17 +345,41 @@ def _anthropic(raw: Mapping[str, Any], check: _Checker) -> AnthropicConfig:
 
 def _ntfy(raw: Mapping[str, Any], check: _Checker) -> NtfyConfig:
     section = check.mapping(raw, "ntfy")
-    check.unknown(section, {"server", "topic", "timeout_s"}, "ntfy.")
+    check.unknown(
+        section,
+        {
+            "server",
+            "topic",
+            "reply_topic",
+            "timeout_s",
+            "max_answer_bytes",
+            "max_answers_per_minute",
+            "read_timeout_s",
+        },
+        "ntfy.",
+    )
     server = check.text(section, "server", "https://ntfy.sh", "ntfy.server", nullable=True)
     if server is not None and not server.startswith(("http://", "https://")):
         check.fail("ntfy.server", f"must be an http(s) URL or null, got {server!r}")
-    topic = check.text(section, "topic", None, "ntfy.topic", nullable=True)
-    if topic is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", topic):
-        check.fail("ntfy.topic", "must be 1-64 letters, digits, - or _ (or null to generate one)")
+    topics: dict[str, str | None] = {}
+    for name in ("topic", "reply_topic"):
+        topic = check.text(section, name, None, f"ntfy.{name}", nullable=True)
+        if topic is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", topic):
+            check.fail(
+                f"ntfy.{name}", "must be 1-64 letters, digits, - or _ (or null to generate one)"
+            )
+        topics[name] = topic
+    if topics["topic"] is not None and topics["topic"] == topics["reply_topic"]:
+        # relay would read its own questions as answers.
+        check.fail("ntfy.reply_topic", "must differ from ntfy.topic")
     return NtfyConfig(
         server=server.rstrip("/") if server else None,
-        topic=topic,
+        topic=topics["topic"],
+        reply_topic=topics["reply_topic"],
         timeout_s=check.number(section, "timeout_s", 5.0, "ntfy.timeout_s", 300.0),
+        max_answer_bytes=check.integer(section, "max_answer_bytes", 4096, 16),
+        max_answers_per_minute=check.integer(section, "max_answers_per_minute", 30, 1),
+        read_timeout_s=check.number(section, "read_timeout_s", 100.0, "ntfy.read_timeout_s", 3600),
     )
 
 
@@ -392,6 +425,11 @@ def _prices(raw: Mapping[str, Any], check: _Checker) -> dict[str, Price]:
 
 def dotenv_key(config_file: Path | None) -> str | None:
     """ANTHROPIC_API_KEY from a `.env` beside the config file (development only)."""
+    return dotenv_value(config_file, "ANTHROPIC_API_KEY")
+
+
+def dotenv_value(config_file: Path | None, name: str) -> str | None:
+    """`name` from a `.env` beside the config file (development only)."""
     if config_file is None:
         return None
     try:
@@ -399,10 +437,30 @@ def dotenv_key(config_file: Path | None) -> str | None:
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     for line in lines:
-        name, sep, value = line.strip().removeprefix("export ").partition("=")
-        if sep and name.strip() == "ANTHROPIC_API_KEY":
+        key, sep, value = line.strip().removeprefix("export ").partition("=")
+        if sep and key.strip() == name:
             return value.strip().strip("'\"") or None
     return None
+
+
+def find_ntfy_token(config: Config, environ: Mapping[str, str]) -> tuple[str | None, str]:
+    """The optional ntfy access token and where it came from (never the token itself):
+    the systemd credential relay.ntfy-token, RELAY_NTFY_TOKEN, or `.env` beside the config."""
+    cred_dir = environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        try:
+            token = read_text(Path(cred_dir) / "ntfy-token", MAX_CONFIG_BYTES).strip()
+        except (OSError, UnicodeDecodeError, ValueError):
+            token = ""
+        if token:
+            return token, "credential ntfy-token"
+    token = environ.get("RELAY_NTFY_TOKEN", "").strip()
+    if token:
+        return token, "RELAY_NTFY_TOKEN"
+    token = dotenv_value(config.source, "RELAY_NTFY_TOKEN") or ""
+    if token:
+        return token, ".env beside the config"
+    return None, "no ntfy token (none is needed unless the server requires one)"
 
 
 def find_api_key(config: Config, environ: Mapping[str, str]) -> tuple[str | None, str]:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,9 +27,24 @@ class ConversationState:
     last_session: str | None = None  # the last session that took part
     turns: int = 0
     next_seq: int = 1
+    needs_jc_question: str | None = None  # the pending question's id (question_id)
 
     def carried(self) -> Carried:
-        return Carried(self.paused, self.needs_jc_session, self.needs_jc_text, self.last_session)
+        return Carried(
+            self.paused,
+            self.needs_jc_session,
+            self.needs_jc_text,
+            self.last_session,
+            self.needs_jc_question if self.paused else None,
+        )
+
+
+def question_id(turn: Turn) -> str:
+    """The id of the question a [NEEDS-JC] turn asks: derived from the history, so it is
+    the same after any restart, and different for every question (the sequence number,
+    and a digest of the item and time, which differ even if the history is ever reset)."""
+    digest = hashlib.sha256(f"{turn.seq}\0{turn.key}\0{turn.ts}".encode()).hexdigest()
+    return f"Q{turn.seq}-{digest[:6]}"
 
 
 def derive_state(records: Sequence[Record]) -> ConversationState:
@@ -36,6 +52,9 @@ def derive_state(records: Sequence[Record]) -> ConversationState:
     for record in records:
         if isinstance(record, Summary):
             carried = record.state
+            question = carried.needs_jc_question
+            if carried.paused and question is None:  # a summary written before question ids
+                question = f"Q{record.seq}-s"
             state = ConversationState(
                 paused=carried.paused,
                 needs_jc_session=carried.needs_jc_session,
@@ -43,6 +62,7 @@ def derive_state(records: Sequence[Record]) -> ConversationState:
                 last_session=carried.last_session,
                 turns=0,
                 next_seq=record.seq + 1,
+                needs_jc_question=question if carried.paused else None,
             )
         else:
             state = apply_turn(state, record)
@@ -62,6 +82,7 @@ def apply_turn(state: ConversationState, turn: Turn) -> ConversationState:
             last_session=last,
             turns=state.turns + 1,
             next_seq=turn.seq + 1,
+            needs_jc_question=question_id(turn),
         )
     return ConversationState(
         paused=False,

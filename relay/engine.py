@@ -30,13 +30,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from relay import answers, history, outbox
 from relay import conversation as conv
 from relay import envelope as envelopes
-from relay import history, outbox
 from relay import status as status_file
 from relay.accounting import Accounting
 from relay.api import ApiReply, MessagesApi
 from relay.apikey import ApiFactory, KeyWatch
+from relay.applied import AppliedAnswers
 from relay.backoff import Backoff
 from relay.caller import Caller
 from relay.config import Config
@@ -104,10 +105,14 @@ class Engine:
         environ: Mapping[str, str] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = utc_now,
+        answer_url: str | None = None,
     ) -> None:
         self.config = config
         self.layout = layout
         self.notifier = notifier
+        self.answer_url = answer_url  # where the phone publishes answers (None: no subscriber)
+        self.applied = AppliedAnswers(layout.answers_applied)
+        self.answered: set[str] = set()  # operator items already counted as an answer
         self.monotonic = monotonic
         self.wall = wall
         self.spool = Spool(layout)
@@ -262,10 +267,19 @@ class Engine:
             except UnicodeDecodeError as exc:
                 self._refuse(key, f"not valid UTF-8 (byte {exc.start})")
                 return False
+            handover = answers.decode_handover(text)
+            if handover is not None:
+                if not self._take_answer(key, handover):
+                    return False
+                text = handover.text
             target, body = conv.parse_operator(text)
             if target is not None:
-                self._direct(key, target, body)
+                refused = self._direct(key, target, body)
+                if handover is not None:
+                    ack = f"refused: {refused}" if refused else f"answer received, sent to {target}"
+                    self._acknowledge(key, ack)
                 return False
+            self._answering(key, handover)
             return self._turn(key, OPERATOR, body, conv.operator_target(self.state))
         if self.state.paused:
             return True  # queue entries wait for the operator's answer
@@ -280,6 +294,57 @@ class Engine:
         sender = session(envelope.session_id)
         return self._turn(key, sender, envelope.content, envelope.session_id)
 
+    def _take_answer(self, key: str, handover: answers.Handover) -> bool:
+        """Whether an answer from the phone is to be applied; if not (a copy, or a button's
+        answer to a question no longer pending) the item is finished, changing nothing."""
+        pending = self.state.needs_jc_question if self.state.paused else None
+        if handover.question is not None and handover.question != pending:
+            why = (
+                f"{handover.question} is no longer waiting for an answer"
+                if pending is None
+                else f"{handover.question} is not the question waiting now ({pending} is)"
+            )
+            event(
+                log,
+                "answer_stale",
+                "answer %s to %s changes nothing: %s",
+                handover.ntfy_id,
+                handover.question,
+                why,
+                envelope=key,
+                question=handover.question,
+            )
+            self._acknowledge(key, f"already answered ({why})")
+            self.spool.finish(key)
+            return False
+        if not self.applied.take(handover.ntfy_id, key):
+            log.info(
+                "answer %s was taken already (in %s); this copy changes nothing",
+                handover.ntfy_id,
+                self.applied.owner(handover.ntfy_id),
+            )
+            self.spool.finish(key)
+            return False
+        return True
+
+    def _answering(self, key: str, handover: answers.Handover | None) -> None:
+        """An operator turn is starting: if it answers the pending question, say so (to the
+        phone for an answer from there) and take the question's push off the phones."""
+        if key in self.answered:
+            return
+        self.answered.add(key)
+        question = self.state.needs_jc_question if self.state.paused else None
+        if question is not None:
+            self.notifier.delete(question)
+        if handover is not None:
+            target = conv.operator_target(self.state) or "no session yet"
+            what = f"answer to {question} received" if question else "answer received"
+            self._acknowledge(key, f"{what}, sent to {target}")
+
+    def _acknowledge(self, key: str, text: str) -> None:
+        log.info("acknowledging %s to the phone: %s", key, text)
+        self.notifier.push(answers.acknowledgement(text))
+
     def _begin(self, key: str) -> bool:
         """Count this process beginning `key`; False if it was set aside for having been
         begun too often (it killed relay each time)."""
@@ -292,16 +357,18 @@ class Engine:
             return False
         return True
 
-    def _direct(self, key: str, target: str, text: str) -> None:
+    def _direct(self, key: str, target: str, text: str) -> str | None:
+        """Queue an operator message straight to `target`; None if it was, else why not."""
         if target not in self.config.sessions:
             configured = ", ".join(self.config.sessions)
-            self._refuse(key, f"@{target}: unknown session (configured: {configured})", tell=False)
-            return
+            reason = f"@{target}: unknown session (configured: {configured})"
+            self._refuse(key, reason, tell=False)
+            return reason
         if not text.strip():
             self._refuse(key, f"@{target}: nothing to send", tell=False)
-            return
+            return f"@{target}: nothing to send"
         if not self._begin(key):
-            return
+            return "relay stopped too often while handling it"
         outbox.enqueue(self.layout, target, key, text)
         self.spool.finish(key)
         event(
@@ -312,6 +379,7 @@ class Engine:
             session=target,
             envelope=key,
         )
+        return None
 
     def _turn(self, key: str, sender: Sender, content: str, target: str | None) -> bool:
         """Start the API call for one turn (a summarization first, when one is due)."""
@@ -614,23 +682,19 @@ class Engine:
 
     def _escalate(self, call: Call, text: str) -> None:
         origin = self.state.needs_jc_session or "?"
+        question = self.state.needs_jc_question or "?"
         event(
             log,
             "needs_jc",
-            "chat-Claude needs the operator (raised by %s); dispatch paused",
+            "chat-Claude needs the operator (raised by %s, question %s); dispatch paused",
             origin,
+            question,
             session=None if origin == "?" else origin,
             envelope=call.key,
+            question=question,
             level=logging.WARNING,
         )
-        self.notifier.push(
-            Push(
-                title=f"relay: {origin} needs you",
-                message=text[:3500] + "\n\nAnswer with: sudo relay reply 'your answer'",
-                priority="high",
-                tags=("warning", "relay"),
-            )
-        )
+        self.notifier.push(answers.question_push(question, origin, text, self.answer_url))
 
     # ---- summarization ----------------------------------------------------------------
 
@@ -709,6 +773,7 @@ class Engine:
             last_dispatch_session=self.last_dispatch_session,
             last_needs_jc_text=self.state.needs_jc_text,
             needs_jc_session=self.state.needs_jc_session if self.state.paused else None,
+            needs_jc_question=self.state.needs_jc_question if self.state.paused else None,
             history_turns=self.state.turns,
             history_chars=conv.history_chars(self.records),
             pending={s: len(outbox.pending(self.layout, s)) for s in sessions},

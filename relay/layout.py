@@ -91,6 +91,21 @@ class Layout:
     def topic(self) -> Path:
         return self.state / "ntfy-topic"
 
+    @property
+    def reply_topic(self) -> Path:
+        # The answer topic: the phone publishes answers there (relay/subscriber.py).
+        return self.state / "ntfy-reply-topic"
+
+    @property
+    def subscriber_state(self) -> Path:
+        # The answer stream's cursor and the answers already handled (relay/subscriber.py).
+        return self.state / "ntfy-answers.json"
+
+    @property
+    def answers_applied(self) -> Path:
+        # Phone answers the conversation has taken, by ntfy message id (relay/engine.py).
+        return self.state / "answers-applied.json"
+
     def session_dir(self, session: str) -> Path:
         return self.dispatch / session
 

@@ -13,7 +13,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
-RELAY_FIELDS = ("RELAY_EVENT", "RELAY_SESSION", "RELAY_ENVELOPE", "RELAY_COST_USD")
+RELAY_FIELDS = (
+    "RELAY_EVENT",
+    "RELAY_SESSION",
+    "RELAY_ENVELOPE",
+    "RELAY_COST_USD",
+    "RELAY_QUESTION",
+)
 
 
 def event(
@@ -24,6 +30,7 @@ def event(
     session: str | None = None,
     envelope: str | None = None,
     cost_usd: float | None = None,
+    question: str | None = None,
     level: int = logging.INFO,
 ) -> None:
     """Log `message % args` as journal event `name` with the relay fields that apply."""
@@ -34,6 +41,8 @@ def event(
         extra["RELAY_ENVELOPE"] = envelope
     if cost_usd is not None:
         extra["RELAY_COST_USD"] = f"{cost_usd:.6f}"
+    if question is not None:
+        extra["RELAY_QUESTION"] = question
     logger.log(level, message, *args, extra=extra)
 
 

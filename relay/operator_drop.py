@@ -28,7 +28,7 @@ from pathlib import Path
 from relay import fsutil
 from relay.fsutil import file_kind, rename_noreplace
 from relay.intake import IntakeResult
-from relay.layout import OPERATOR_FILE_MODE, Layout
+from relay.layout import OPERATOR_FILE_MODE, PRIVATE_FILE_MODE, Layout
 from relay.log import event
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,35 @@ MAX_RUN_S = 60.0  # one handler run; the path unit's re-check starts the next at
 def reply_name(now_ns: int, pid: int, nonce: str) -> str:
     """A reply's file name in operator/: sorts by time, never shared by two writers."""
     return f"{now_ns:020d}-{pid}-{nonce}.txt"
+
+
+def write_jc_input(layout: Layout, body: bytes, wait_s: float) -> bool:
+    """Write state/jc_input.txt (the operator-input contract) as relay or root may, never
+    replacing one not yet consumed: False if one is still there after `wait_s`."""
+    tmp = layout.state / f".jc_input.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    fsutil.atomic_write(tmp, body, PRIVATE_FILE_MODE)
+    try:
+        # Root's reply is relay's before it appears: 0600, and no one else reads it.
+        if os.geteuid() == 0:
+            st = os.stat(layout.state)
+            os.chown(tmp, st.st_uid, st.st_gid)
+        # A rename that never replaces: an earlier reply not yet consumed is not
+        # overwritten. Not link() and unlink(): between the two the reply would have two
+        # links, and intake refuses a file with more than one.
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fsutil.rename_noreplace(tmp, layout.jc_input)
+                break
+            except FileExistsError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.1)
+        fsutil.fsync_dir(layout.state)
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def write_reply(layout: Layout, body: bytes) -> Path:

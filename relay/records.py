@@ -60,14 +60,18 @@ class Carried:
     needs_jc_session: str | None = None
     needs_jc_text: str | None = None
     last_session: str | None = None
+    needs_jc_question: str | None = None  # the pending question's id
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        carried: dict[str, Any] = {
             "paused": self.paused,
             "needs_jc_session": self.needs_jc_session,
             "needs_jc_text": self.needs_jc_text,
             "last_session": self.last_session,
         }
+        if self.needs_jc_question is not None:  # older releases wrote none
+            carried["needs_jc_question"] = self.needs_jc_question
+        return carried
 
     @staticmethod
     def from_json(raw: Any) -> Carried:
@@ -77,6 +81,7 @@ class Carried:
             needs_jc_session=_opt_str(raw, "needs_jc_session"),
             needs_jc_text=_opt_str(raw, "needs_jc_text"),
             last_session=_opt_str(raw, "last_session"),
+            needs_jc_question=_opt_str(raw, "needs_jc_question"),
         )
 
 
@@ -209,6 +214,7 @@ class Status:
     last_dispatch_session: str | None
     last_needs_jc_text: str | None
     needs_jc_session: str | None
+    needs_jc_question: str | None
     history_turns: int
     history_chars: int
     pending: dict[str, int]
@@ -230,6 +236,7 @@ class Status:
             "last_dispatch_session": self.last_dispatch_session,
             "last_needs_jc_text": self.last_needs_jc_text,
             "needs_jc_session": self.needs_jc_session,
+            "needs_jc_question": self.needs_jc_question,
             "history_turns": self.history_turns,
             "history_chars": self.history_chars,
             "pending": dict(self.pending),

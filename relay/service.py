@@ -15,6 +15,7 @@ import math
 import os
 import select
 import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from types import FrameType
@@ -24,12 +25,13 @@ from inotify_simple import flags as in_flags
 
 from relay import intake, systemd
 from relay.api import AnthropicApi, MessagesApi
-from relay.config import Config
+from relay.config import Config, find_ntfy_token
 from relay.engine import ApiFactory, Engine
 from relay.errors import RelayError
 from relay.layout import Layout
 from relay.ntfy import Notifier
-from relay.topic import resolve_topic
+from relay.subscriber import Subscriber
+from relay.topic import resolve_reply_topic, resolve_topic, subscribe_url
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +76,32 @@ class Service:
         self.environ = os.environ if environ is None else environ
         self.sd = systemd.Notifier(self.environ)
         self.stopping = False
-        topic = None
+        topic = answer_url = None
         if config.ntfy.server:
             topic = resolve_topic(config, self.layout)
-        self.notifier = Notifier(config.ntfy.server, topic, config.ntfy.timeout_s)
-        self.engine = Engine(config, self.layout, api_factory, self.notifier, self.environ)
+            reply_topic = resolve_reply_topic(config, self.layout)
+            answer_url = subscribe_url(config, reply_topic) if reply_topic else None
+        token, _ = find_ntfy_token(config, self.environ)
+        self.notifier = Notifier(config.ntfy.server, topic, config.ntfy.timeout_s, token)
+        self.engine = Engine(
+            config,
+            self.layout,
+            api_factory,
+            self.notifier,
+            self.environ,
+            answer_url=answer_url,
+        )
+        # `relay run` does everything in one process, the answer subscriber too (on a
+        # thread: it only hands answers over through jc_input.txt, as its unit does).
+        self.subscriber: Subscriber | None = None
+        if with_intake and config.ntfy.server:
+            self.subscriber = Subscriber(config, self.layout, self.environ)
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
         self.stopping = True
         self.engine.caller.wake()
+        if self.subscriber is not None:
+            self.subscriber.stop()
 
     def _watch(self) -> tuple[INotify, dict[int, str]]:
         """The inotify watches, and for each watch the one name that matters in it ("" for
@@ -134,6 +153,8 @@ class Service:
         poller.register(inotify.fd, select.POLLIN)
         poller.register(engine.caller.wake_fd, select.POLLIN)
         engine.last_snapshot = engine.snapshot()
+        if self.subscriber is not None:
+            threading.Thread(target=self.subscriber.run, name="answers", daemon=True).start()
         self.sd.ready(engine.last_snapshot.line())
         log.info(
             "relay %s: %s", "run" if self.with_intake else "serve", engine.last_snapshot.line()

@@ -224,6 +224,7 @@ def test_summary_record_carries_the_state() -> None:
         last_session="session-1",
         turns=0,
         next_seq=11,
+        needs_jc_question="Q10-s",  # a summary from before question ids: one made up for it
     )
 
     after = derive_state([*records, turn(11, OPERATOR, "Yes.", target="session-1")])
@@ -234,7 +235,9 @@ def test_summary_record_carries_the_state() -> None:
 
 def test_carried_state_round_trips_through_a_summary() -> None:
     state = derive_state([turn(1, "session-2", f"{MARKER} ?", needs_jc=True)])
-    assert state.carried() == Carried(True, "session-2", f"{MARKER} ?", "session-2")
+    question = state.needs_jc_question
+    assert question is not None and question.startswith("Q1-")
+    assert state.carried() == Carried(True, "session-2", f"{MARKER} ?", "session-2", question)
 
     carried = derive_state([summary(1, state=state.carried())])
 

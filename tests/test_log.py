@@ -52,6 +52,7 @@ def test_event_puts_the_relay_fields_on_the_record(
         session="session-1",
         envelope="q-1",
         cost_usd=0.0123456789,
+        question="Q3-abc123",
         level=logging.WARNING,
     )
 
@@ -64,6 +65,7 @@ def test_event_puts_the_relay_fields_on_the_record(
         "RELAY_SESSION": "session-1",
         "RELAY_ENVELOPE": "q-1",
         "RELAY_COST_USD": "0.012346",
+        "RELAY_QUESTION": "Q3-abc123",
     }
 
 
