@@ -70,8 +70,11 @@ class Deployment(abc.ABC):
     # ----- what each deployment does its own way ------------------------------------------
 
     @abc.abstractmethod
-    def reset(self, key: str | None = DEFAULT_KEY, **config: Any) -> None:
-        """A fresh install: no data, `config` over config(), `key` (None: none), running."""
+    def reset(
+        self, key: str | None = DEFAULT_KEY, *, ntfy_token: str | None = None, **config: Any
+    ) -> None:
+        """A fresh install: no data, `config` over config(), `key` (None: none), the ntfy
+        access token where the README says to put it (None: none), running."""
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -141,6 +144,19 @@ class Deployment(abc.ABC):
     @abc.abstractmethod
     def service_pid(self) -> int:
         """The conversation's PID on relay's machine, 0 while it does not run."""
+
+    @abc.abstractmethod
+    def kill_subscriber(self) -> None:
+        """SIGKILL the process that streams the answer topic."""
+
+    @abc.abstractmethod
+    def recover_subscriber(self) -> None:
+        """After `kill_subscriber`: until it runs again (started by the test, or by systemd)."""
+
+    @abc.abstractmethod
+    def environments(self) -> list[str]:
+        """The environment of every relay process now running (NUL-separated, as in
+        /proc/PID/environ), and under systemd every relay unit's Environment= too."""
 
     @abc.abstractmethod
     def set_key(self, key: str) -> None:
@@ -230,10 +246,14 @@ class Foreground(Deployment):
         assert self.proc is not None, "reset() first"
         return self.proc
 
-    def reset(self, key: str | None = DEFAULT_KEY, **config: Any) -> None:
+    def reset(
+        self, key: str | None = DEFAULT_KEY, *, ntfy_token: str | None = None, **config: Any
+    ) -> None:
         self.close()
         shutil.rmtree(self.data, ignore_errors=True)
         (self.directory / ".env").unlink(missing_ok=True)
+        if ntfy_token is not None:  # development: a `.env` beside the config
+            (self.directory / ".env").write_text(f"RELAY_NTFY_TOKEN={ntfy_token}\n")
         settings = {**self.config(**config), "data_dir": str(self.data)}
         self.config_path.write_text(yaml.safe_dump(settings), encoding="utf-8")
         self.key = key
@@ -319,9 +339,26 @@ class Foreground(Deployment):
         proc = self.relay.proc
         return proc.pid if proc is not None and proc.poll() is None else 0
 
+    def kill_subscriber(self) -> None:
+        """`relay run` streams the answer topic on a thread of its own process."""
+        self.relay.kill()
+
+    def recover_subscriber(self) -> None:
+        self.relay.start()
+
+    def environments(self) -> list[str]:
+        pid = self.service_pid()
+        return [Path(f"/proc/{pid}/environ").read_text(errors="replace")] if pid else []
+
     def set_key(self, key: str) -> None:
         """A `.env` beside the config: read again every few seconds, no restart needed."""
-        (self.directory / ".env").write_text(f"ANTHROPIC_API_KEY={key}\n")
+        env = self.directory / ".env"
+        kept = [
+            line
+            for line in (env.read_text().splitlines() if env.exists() else [])
+            if not line.startswith("ANTHROPIC_API_KEY=")
+        ]
+        env.write_text("".join(f"{line}\n" for line in [*kept, f"ANTHROPIC_API_KEY={key}"]))
         self.key = key
 
     def run_program(self, program: str, *args: str, stdin: str | None = None) -> str:

@@ -236,6 +236,7 @@ class StandinNtfy(Serving):
         self._messages: list[NtfyMessage] = []
         self._cache: dict[str, list[dict[str, Any]]] = {}
         self._subscribers: list[_Subscriber] = []
+        self.deleted: list[tuple[str, str]] = []  # (topic, message id) of accepted DELETEs
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -290,6 +291,18 @@ class StandinNtfy(Serving):
                 )
             return list(self._messages)
 
+    def subscribers_on(self, topic: str) -> int:
+        """How many open streams include `topic`."""
+        with self._lock:
+            return sum(1 for s in self._subscribers if topic in s.topics)
+
+    def wait_for_subscriber_on(self, topic: str, timeout: float = 5.0) -> None:
+        with self._changed:
+            if not self._changed.wait_for(
+                lambda: any(topic in s.topics for s in self._subscribers), timeout
+            ):
+                raise TimeoutError(f"no ntfy subscriber on {topic} within {timeout}s")
+
     def wait_for_subscribers(self, count: int, timeout: float = 5.0) -> None:
         """Block until at least `count` streams are open (their cached replay already queued)."""
         with self._changed:
@@ -332,6 +345,9 @@ class StandinNtfy(Serving):
         parsed = urllib.parse.urlsplit(path)
         if method == "GET" and parsed.path == "/_messages":
             return 200, [asdict(m) for m in self.messages]
+        delete = re.fullmatch(r"/([^/]+)/([^/]+)", parsed.path)
+        if method == "DELETE" and delete is not None:
+            return self._delete(delete[1], delete[2], headers)
         if method not in ("POST", "PUT"):
             return _error(404, 40401, "page not found")
         try:
@@ -360,7 +376,7 @@ class StandinNtfy(Serving):
                 payload[name] = fields[name]
         if fields["priority"] != 3:
             payload["priority"] = fields["priority"]
-        for name in ("tags", "actions"):
+        for name in ("tags", "actions", "attachment"):
             if fields[name]:
                 payload[name] = fields[name]
         accepted = status == 200
@@ -393,6 +409,32 @@ class StandinNtfy(Serving):
             self._stopping.wait(self.delay)
         if status != 200:
             return _error(status, status * 100 + 1, "stand-in injected failure")
+        return 200, payload
+
+    def _delete(self, topic: str, ident: str, headers: dict[str, str]) -> tuple[int, Any]:
+        """`DELETE /<topic>/<id>` (ntfy >= 2.16): the message leaves the cache, and streams
+        get a `message_delete` event, on which phones remove the notification."""
+        refusal = self._auth_error(headers)
+        if refusal is not None:
+            return refusal
+        if not _TOPIC_RE.match(topic):
+            return _error(400, 40000, f"invalid topic {topic!r}")
+        now = int(self.clock())
+        payload = {
+            "id": _new_id(),
+            "time": now,
+            "event": "message_delete",
+            "topic": topic,
+            "sequence_id": ident,
+        }
+        with self._changed:
+            cache = self._prune(topic)
+            cache[:] = [m for m in cache if m["id"] != ident]
+            self.deleted.append((topic, ident))
+            for subscriber in self._subscribers:
+                if topic in subscriber.topics:
+                    subscriber.queue.put(payload)
+            self._changed.notify_all()
         return 200, payload
 
     def select(
@@ -438,12 +480,26 @@ class StandinNtfy(Serving):
             self._changed.notify_all()
 
 
+MESSAGE_LIMIT = 4096  # ntfy's message-size-limit: a longer body (or binary) is an attachment
+
+
 def _header_fields(topic: str, headers: dict[str, str], raw: bytes) -> dict[str, Any]:
     if not _TOPIC_RE.match(topic):
         raise _BadRequest(f"invalid topic {topic!r}")
+    attachment = None
+    try:
+        message = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        message = None
+    if message is None or len(raw) > MESSAGE_LIMIT:
+        # As ntfy does: the body is kept as a file and the message says so.
+        name = "attachment.txt" if message is not None else "attachment.bin"
+        attachment = {"name": name, "size": len(raw), "url": f"/file/{_new_id()}"}
+        message = "You received a file: " + name
     return {
         "topic": topic,
-        "message": raw.decode("utf-8", errors="replace"),
+        "message": message,
+        "attachment": attachment,
         "title": headers.get("title") or headers.get("t"),
         "priority": _parse_priority(headers.get("priority") or headers.get("p")),
         "tags": _parse_tags(headers.get("tags") or headers.get("ta")),
@@ -481,6 +537,7 @@ def _json_fields(raw: bytes) -> dict[str, Any]:
         "click": strings["click"],
         "actions": _check_actions(body.get("actions") or []),
         "cache": body.get("cache", "yes") not in ("no", False),
+        "attachment": None,
     }
 
 
@@ -529,6 +586,9 @@ class _NtfyHandler(LoopbackHandler):
     def do_PUT(self) -> None:
         self._serve()
 
+    def do_DELETE(self) -> None:
+        self._serve()
+
     def _serve(self) -> None:
         headers, raw = self.read_body()
         status, payload = self.ntfy.handle(self.command, self.path, headers, raw)
@@ -565,6 +625,42 @@ class _NtfyHandler(LoopbackHandler):
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
+
+
+def tap(action: dict[str, Any], timeout: float = 10.0) -> int:
+    """Do exactly what a phone does when an `http` action button is tapped: send the
+    action's method (POST by default) to its url with its headers and body. Returns the
+    HTTP status."""
+    import urllib.error
+    import urllib.request
+
+    assert action["action"] == "http", action
+    request = urllib.request.Request(
+        action["url"],
+        data=str(action.get("body", "")).encode("utf-8"),
+        method=str(action.get("method") or "POST"),
+        headers={str(k): str(v) for k, v in (action.get("headers") or {}).items()},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return int(exc.code)
+
+
+def publish(url: str, topic: str, body: bytes | str, token: str | None = None) -> str:
+    """What the web app does when the operator types a message and sends it: `PUT` the
+    text to the topic. Returns the new message's id."""
+    import urllib.request
+
+    data = body.encode("utf-8") if isinstance(body, str) else body
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"{url}/{topic}", data=data, method="PUT", headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        ident: str = json.loads(response.read())["id"]
+        return ident
 
 
 def _encoded(answer: tuple[int, Any]) -> tuple[int, bytes]:
