@@ -32,7 +32,7 @@ def line(**fields: object) -> bytes:
     return json.dumps({k: v for k, v in message.items() if v is not None}).encode() + b"\n"
 
 
-# ---- options and the push ---------------------------------------------------------------------
+# ---- options and the push --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -97,7 +97,7 @@ def test_acknowledgements_are_low_priority_and_marked_as_relays() -> None:
     assert "session-1" in body["message"]
 
 
-# ---- the handover -------------------------------------------------------------------------------
+# ---- the handover ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("question", ["Q12-3fa9c1", None])
@@ -114,7 +114,7 @@ def test_input_typed_at_the_shell_is_no_handover(text: str) -> None:
     assert decode_handover(text) is None
 
 
-# ---- lines of the answer stream -------------------------------------------------------------------
+# ---- lines of the answer stream --------------------------------------------------------------
 
 
 def test_a_typed_answer() -> None:
@@ -170,7 +170,7 @@ def test_refusals(raw: bytes, reason: str, ack: bool) -> None:
     assert message.ntfy_id == "abc123"
 
 
-# ---- what was handled -------------------------------------------------------------------------------
+# ---- what was handled ------------------------------------------------------------------------
 
 
 def test_handled_ids_are_bounded_and_the_floor_covers_what_was_dropped() -> None:

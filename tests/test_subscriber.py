@@ -150,7 +150,7 @@ def subscribed(ntfy: StandinNtfy) -> None:
     ntfy.wait_for_subscriber_on(ANSWERS, timeout=30)
 
 
-# ---- answers ------------------------------------------------------------------------------------
+# ---- answers ---------------------------------------------------------------------------------
 
 
 def test_a_typed_answer_is_handed_over_as_operator_input(
@@ -204,7 +204,7 @@ def test_a_tap_on_a_question_no_longer_pending_changes_nothing(
     assert intake.taken == []
 
 
-# ---- never lost, never twice ------------------------------------------------------------------
+# ---- never lost, never twice -----------------------------------------------------------------
 
 
 def test_a_restart_resumes_after_the_last_answer_and_takes_what_came_meanwhile(
@@ -327,7 +327,7 @@ def test_stop_ends_a_stream_blocked_in_a_read(
         assert time.monotonic() - began < 5
 
 
-# ---- bad input ------------------------------------------------------------------------------
+# ---- bad input -------------------------------------------------------------------------------
 
 
 def test_too_long_and_binary_answers_are_refused_and_acknowledged(
@@ -393,7 +393,7 @@ def test_malformed_lines_and_relays_own_pushes_are_skipped(
     assert acks(ntfy) == []  # no ack for relay's own push: that could loop
 
 
-# ---- the token ------------------------------------------------------------------------------
+# ---- the token -------------------------------------------------------------------------------
 
 
 def test_with_a_token_it_subscribes_and_the_token_is_never_logged(
