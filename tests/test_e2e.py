@@ -29,7 +29,7 @@ from tests.standin.api import (
     overloaded,
     without_breakpoints,
 )
-from tests.standin.ntfy import StandinNtfy
+from tests.standin.ntfy import NtfyMessage, StandinNtfy, publish, tap
 from tests.system.nspawn import Container
 from tests.system.packaged import CONVERSATION, Packaged
 from tests.system.relaydeb import DATA, KEY_PATH
@@ -478,6 +478,281 @@ def test_burst_from_many_writers_is_answered_exactly_once_in_order(
         )
         assert sum(int(n) for n in runs) == writers * per
         assert len(runs) >= 2, "the waves are meant to need several path-triggered runs"
+
+
+# ----- answers from the phone (two-way ntfy) -------------------------------------------------
+
+
+def ask(
+    deployment: Deployment, ntfy: StandinNtfy, session: str, text: str
+) -> tuple[NtfyMessage, str]:
+    """`session` raises a question with chat-Claude's `text`; returns its push and its id."""
+    deployment.submit(session, f"[[reply: [NEEDS-JC] {text}]]")
+    status = deployment.wait_status(lambda s: s["state"] == "needs_jc")
+    question = status["needs_jc_question"]
+    assert isinstance(question, str) and question
+    push = deployment.wait_for(
+        lambda: next((m for m in questions(ntfy) if question in m.message), None),
+        f"the push for {question}",
+    )
+    return push, question
+
+
+def questions(ntfy: StandinNtfy) -> list[NtfyMessage]:
+    return [m for m in ntfy.messages if m.topic == TOPIC and m.priority >= 4]
+
+
+def acks(ntfy: StandinNtfy) -> list[str]:
+    return [m.message for m in ntfy.messages if m.topic == TOPIC and m.priority == 2]
+
+
+def wait_ack(deployment: Deployment, ntfy: StandinNtfy, text: str) -> str:
+    return deployment.wait_for(
+        lambda: next((a for a in acks(ntfy) if text in a), None), f"an ack saying {text!r}"
+    )
+
+
+def answer_topic(push: NtfyMessage) -> str:
+    """The topic a push's click URL opens in the web app: where typed answers go."""
+    assert push.click is not None
+    return push.click.rsplit("/", 1)[1]
+
+
+def type_answer(ntfy: StandinNtfy, push: NtfyMessage, text: str) -> str:
+    """The operator taps the push, the web app opens on the answer topic, they type."""
+    return publish(ntfy.url, answer_topic(push), text)
+
+
+def test_a_tap_on_an_option_answers_the_raising_session(
+    deployment: Deployment, api: StandinAPI, ntfy: StandinNtfy
+) -> None:
+    push, question = ask(
+        deployment, ntfy, "session-2", "Ship the release today?\nOptions: ship it | wait"
+    )
+    assert push.title and "session-2" in push.title
+    assert question in push.message
+    # Two options become two buttons; with room left, a third opens the web app, as the
+    # notification itself does when tapped.
+    assert [a["action"] for a in push.actions] == ["http", "http", "view"]
+    assert [a["label"] for a in push.actions[:2]] == ["ship it", "wait"]
+    assert push.click == push.actions[2]["url"] == push.actions[0]["url"]
+    assert answer_topic(push) != TOPIC
+    events = deployment.events("RELAY_EVENT=needs_jc")
+    assert [e.get("RELAY_QUESTION") for e in events] == [question]
+    calls = len(api.message_calls())
+
+    assert tap(push.actions[0]) == 200
+    assert deployment.consume("session-2") == "ack: [from operator] ship it"
+    assert len(api.message_calls()) == calls + 1
+    ack = wait_ack(deployment, ntfy, "received")
+    assert question in ack and "session-2" in ack
+    status = deployment.wait_status(lambda s: s["state"] == "running")
+    assert status["needs_jc_question"] is None
+    operator_turns = [r for r in deployment.history() if r.get("session") == "operator"]
+    assert [t["user"] for t in operator_turns] == ["[from operator]\nship it"]
+    # A second tap on the other button: the first answer won.
+    assert tap(push.actions[1]) == 200
+    assert "already answered" in wait_ack(deployment, ntfy, "already answered")
+    settle(deployment, 0.5)
+    assert len(api.message_calls()) == calls + 1
+    assert not deployment.exists(input_txt("session-2"))
+    assert deployment.events("RELAY_EVENT=answer_stale")
+
+
+def test_a_typed_answer_goes_to_the_pending_question(
+    deployment: Deployment, ntfy: StandinNtfy
+) -> None:
+    push, _ = ask(deployment, ntfy, "session-1", "Which database?")
+    assert [a["action"] for a in push.actions] == ["view"]  # no options: no answer buttons
+    type_answer(ntfy, push, "Postgres, version 15")
+    assert deployment.consume("session-1") == "ack: [from operator] Postgres, version 15"
+    assert "session-1" in wait_ack(deployment, ntfy, "received")
+    # With nothing pending, a typed answer is an operator turn like `relay reply`.
+    deployment.wait_status(lambda s: s["state"] == "running")
+    type_answer(ntfy, push, "Also: write the migration")
+    assert deployment.consume("session-1") == "ack: [from operator] Also: write the migration"
+
+
+def test_a_stale_tap_after_an_answer_at_the_shell_changes_nothing(
+    deployment: Deployment, api: StandinAPI, ntfy: StandinNtfy
+) -> None:
+    push, question = ask(deployment, ntfy, "session-1", "Delete the branch?\nOptions: yes | no")
+    reply(deployment, "no, keep it")
+    assert deployment.consume("session-1") == "ack: [from operator] no, keep it"
+    # The question's notification is taken off the phones.
+    deployment.wait_for(lambda: (TOPIC, push.id) in ntfy.deleted, "the push to be deleted")
+    deployment.wait_status(lambda s: s["needs_jc_question"] is None)
+    calls = len(api.message_calls())
+    assert tap(push.actions[0]) == 200  # "yes", tapped later on the phone
+    assert "already answered" in wait_ack(deployment, ntfy, "already answered")
+    (stale,) = deployment.wait_for(
+        lambda: deployment.events("RELAY_EVENT=answer_stale"), "answer_stale"
+    )
+    assert stale.get("RELAY_QUESTION") == question
+    settle(deployment, 0.5)
+    assert len(api.message_calls()) == calls
+    assert not deployment.exists(input_txt("session-1"))
+    assert [r["user"] for r in deployment.history() if r.get("session") == "operator"] == [
+        "[from operator]\nno, keep it"
+    ]
+
+
+def test_a_direct_message_from_the_phone_goes_straight_to_its_session(
+    deployment: Deployment, api: StandinAPI, ntfy: StandinNtfy
+) -> None:
+    push, _ = ask(deployment, ntfy, "session-1", "Stop the deploy?")
+    calls = len(api.message_calls())
+    type_answer(ntfy, push, "@session-2: pause your work for a minute")
+    assert deployment.consume("session-2") == "pause your work for a minute"
+    assert "session-2" in wait_ack(deployment, ntfy, "sent to session-2")
+    assert len(api.message_calls()) == calls
+    # The question is still waiting for its answer.
+    status = deployment.wait_status(lambda s: s["state"] == "needs_jc")
+    assert status["needs_jc_session"] == "session-1"
+    type_answer(ntfy, push, "@session-9: nobody")
+    assert "unknown session" in wait_ack(deployment, ntfy, "refused")
+
+
+def test_bad_answers_are_refused_with_an_ack_and_the_question_stays(
+    deployment: Deployment, ntfy: StandinNtfy
+) -> None:
+    push, question = ask(deployment, ntfy, "session-1", "Which port?")
+    type_answer(ntfy, push, "8" * 5000)  # ntfy makes it an attachment
+    assert "refused" in wait_ack(deployment, ntfy, "refused")
+    assert deployment.events("RELAY_EVENT=answer_refused")
+    status = deployment.wait_status(lambda s: s["state"] == "needs_jc")
+    assert status["needs_jc_question"] == question
+    type_answer(ntfy, push, "8080")
+    assert deployment.consume("session-1") == "ack: [from operator] 8080"
+
+
+def test_the_pending_question_survives_a_restart(deployment: Deployment, ntfy: StandinNtfy) -> None:
+    push, question = ask(deployment, ntfy, "session-1", "Merge now?\nOptions: merge | hold")
+    deployment.stop()
+    deployment.start()
+    status = deployment.wait_status(lambda s: s["state"] == "needs_jc")
+    assert status["needs_jc_question"] == question
+    assert tap(push.actions[1]) == 200
+    assert deployment.consume("session-1") == "ack: [from operator] hold"
+
+
+def test_answers_survive_a_killed_subscriber_and_an_expired_cursor(
+    deployment: Deployment, api: StandinAPI, ntfy: StandinNtfy
+) -> None:
+    push, _ = ask(deployment, ntfy, "session-1", "Anything for session-2?")
+    topic = answer_topic(push)
+    sent: list[str] = []
+
+    def say(text: str) -> None:
+        publish(ntfy.url, topic, f"@session-2: {text}")
+        sent.append(text)
+
+    say("one")
+    assert deployment.consume("session-2") == "one"
+    deployment.kill_subscriber()
+    # While it is down the cursor ("one") leaves the server's cache: on its return the
+    # server replays the whole cache instead.
+    real = ntfy.clock
+    ntfy.clock = lambda: real() + 7200
+    ntfy.cache_s = 3600
+    say("two")
+    say("three")
+    deployment.recover_subscriber()
+    for text in ("two", "three"):
+        assert deployment.consume("session-2") == text
+    # Killed again in the middle of a burst: each answer still arrives exactly once.
+    say("four")
+    deployment.kill_subscriber()
+    for text in ("five", "six"):
+        say(text)
+    deployment.recover_subscriber()
+    got = [deployment.consume("session-2") for _ in ("four", "five", "six")]
+    assert got == ["four", "five", "six"]
+    settle(deployment, 1.0)
+    assert not deployment.exists(input_txt("session-2"))
+    directs = deployment.events("RELAY_EVENT=direct")
+    assert len(directs) == len(sent)
+    assert deployment.wait_status(lambda s: s["state"] == "needs_jc")["pending"]["session-2"] == 0
+
+
+def test_answers_published_while_the_server_was_away_are_applied_on_its_return(
+    deployment: Deployment, ntfy: StandinNtfy
+) -> None:
+    push, _ = ask(deployment, ntfy, "session-1", "Ready?")
+    topic = answer_topic(push)
+    publish(ntfy.url, topic, "@session-2: before")
+    assert deployment.consume("session-2") == "before"
+    ntfy.stop()
+    settle(deployment, 4.0)  # relay retries meanwhile
+    ntfy.start()
+    publish(ntfy.url, topic, "@session-2: published the moment it came back")
+    began = time.monotonic()
+    text = deployment.consume("session-2", timeout=40)
+    assert text == "published the moment it came back"
+    assert time.monotonic() - began < 30
+    assert deployment.events("RELAY_EVENT=ntfy_subscribe_error")
+
+
+def test_the_ntfy_token_is_used_and_never_shown(deployment: Deployment, ntfy: StandinNtfy) -> None:
+    token = "tk_" + secrets.token_hex(14)
+    answers = "relay-answers-e2e"
+    ntfy.token = token
+    ntfy.open_topics = {answers}  # the phone may publish answers there without a token
+    settings = {"server": ntfy.url, "topic": TOPIC, "reply_topic": answers}
+    deployment.reset(ntfy_token=token, ntfy=settings)
+    push, _ = ask(deployment, ntfy, "session-1", "Go?\nOptions: go | stop")
+    assert tap(push.actions[0]) == 200
+    assert deployment.consume("session-1") == "ack: [from operator] go"
+    wait_ack(deployment, ntfy, "received")
+    relays = [m for m in ntfy.messages if m.topic == TOPIC]
+    assert relays and all(m.headers.get("authorization") == f"Bearer {token}" for m in relays)
+    for message in relays:  # what anyone reading the topic sees
+        shown = json.dumps([message.message, message.title, message.click, message.actions])
+        assert token not in shown
+    assert token not in deployment.log_text()
+    assert token not in (deployment.read("state/status.json") or "")
+    environments = deployment.environments()
+    assert environments and all(token not in env for env in environments)
+    assert token not in deployment.cli("status", "--json").stdout
+    assert token not in deployment.cli("topic").stdout
+
+
+def test_the_conversation_checks_each_handed_over_answer_again(
+    deployment: Deployment, api: StandinAPI, ntfy: StandinNtfy
+) -> None:
+    """What the subscriber hands over may be late (a tap racing an answer at the shell) or
+    a copy (the subscriber killed between handing an answer over and recording it): the
+    conversation, which alone knows the pending question, applies each answer once."""
+    _, question = ask(deployment, ntfy, "session-1", "Which way?\nOptions: left | right")
+    calls = len(api.message_calls())
+    reply(deployment, f"[relay-answer ntfy=Nt1 question={question}]\nleft")
+    reply(deployment, f"[relay-answer ntfy=Nt1 question={question}]\nleft")  # a copy
+    reply(deployment, f"[relay-answer ntfy=Nt2 question={question}]\nright")  # too late
+    assert deployment.consume("session-1") == "ack: [from operator] left"
+    deployment.wait_for(
+        lambda: deployment.events("RELAY_EVENT=answer_stale"), "the late answer refused"
+    )
+    deployment.wait_status(lambda s: s["inbox"] == 0 and s["state"] == "running")
+    settle(deployment, 0.5)
+    assert len(api.message_calls()) == calls + 1
+    assert not deployment.exists(input_txt("session-1"))
+    # A typed answer's copy, with nothing pending, is not a second operator turn either.
+    reply(deployment, "[relay-answer ntfy=Nt3]\ncarry on")
+    assert deployment.consume("session-1") == "ack: [from operator] carry on"
+    reply(deployment, "[relay-answer ntfy=Nt3]\ncarry on")
+    deployment.wait_status(lambda s: s["inbox"] == 0)
+    settle(deployment, 0.5)
+    assert len(api.message_calls()) == calls + 2
+    assert not deployment.exists(input_txt("session-1"))
+
+
+def test_relay_topic_prints_both_topics_and_where_to_answer(
+    deployment: Deployment, ntfy: StandinNtfy
+) -> None:
+    push, _ = ask(deployment, ntfy, "session-1", "?")
+    out = deployment.cli("topic").stdout
+    assert TOPIC in out and answer_topic(push) in out
+    assert f"{ntfy.url}/{TOPIC}" in out and f"{ntfy.url}/{answer_topic(push)}" in out
 
 
 # ----- 2. only under systemd ----------------------------------------------------------------

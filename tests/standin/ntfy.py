@@ -16,7 +16,9 @@ without `since`) and closes. `drop_subscribers()` cuts every open stream as a va
 would; `stop()` then `start()` brings the server back on the same port with its cache intact.
 
 With `token=`, requests without `Authorization: Bearer <token>` get 403 (none sent) or 401
-(another one), like ntfy with `auth-default-access: deny-all`.
+(another one), like ntfy with `auth-default-access: deny-all`; publishing to a topic in
+`open_topics` needs no token (`ntfy access everyone TOPIC wo`). `DELETE /<topic>/<id>`
+removes a message from the cache and sends streams a `message_delete` event.
 
 stdlib only, so it also runs as a script under a bare `/usr/bin/python3`:
 
@@ -237,6 +239,8 @@ class StandinNtfy(Serving):
         self._cache: dict[str, list[dict[str, Any]]] = {}
         self._subscribers: list[_Subscriber] = []
         self.deleted: list[tuple[str, str]] = []  # (topic, message id) of accepted DELETEs
+        # Topics anyone may publish to without the token (ntfy: `ntfy access everyone T wo`).
+        self.open_topics: set[str] = set()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -360,7 +364,7 @@ class StandinNtfy(Serving):
         return self._publish(fields, headers)
 
     def _publish(self, fields: dict[str, Any], headers: dict[str, str]) -> tuple[int, Any]:
-        refusal = self._auth_error(headers)
+        refusal = None if fields["topic"] in self.open_topics else self._auth_error(headers)
         status = refusal[0] if refusal is not None else self.fail_status or 200
         now = int(self.clock())
         payload: dict[str, Any] = {
