@@ -105,7 +105,8 @@ def format_status(status: dict[str, Any], health: dict[str, str] | None) -> str:
     if status.get("needs_jc_session") or status.get("state") == "needs_jc":
         lines.append(f"waiting for:    operator (raised by {status.get('needs_jc_session')})")
         question = str(status.get("last_needs_jc_text") or "")
-        lines.append(f"question:       {question[:300]}")
+        ident = status.get("needs_jc_question")
+        lines.append(f"question:       {f'{ident}: ' if ident else ''}{question[:300]}")
     lines.append(f"last dispatch:  {status.get('last_dispatch_session') or '-'}")
     lines.append(f"history turns:  {status.get('history_turns', 0)}")
     lines.append(f"inbox:          {status.get('inbox', 0)} waiting")

@@ -93,7 +93,9 @@ class Subscriber:
                 received = self._stream()
             except SubscribeError as exc:
                 received = False
-                if not self._stop.is_set():
+                # Every failure while it lasts would be a line every 20 s: the first few,
+                # then one in 15 (about every 5 minutes).
+                if not self._stop.is_set() and (failures < 3 or failures % 15 == 0):
                     event(
                         log,
                         "ntfy_subscribe_error",
@@ -101,6 +103,9 @@ class Subscriber:
                         exc,
                         level=logging.WARNING if failures < 3 else logging.ERROR,
                     )
+            except Exception:  # a bug must not end the subscriber for good
+                received = False
+                log.exception("answer stream: unexpected error; starting again")
             finally:
                 self.connected.clear()
             failures = 0 if received else failures + 1
@@ -279,18 +284,30 @@ class Subscriber:
         return data if isinstance(data, dict) else None
 
     def _hand_over(self, handover: Handover) -> None:
+        """Write the answer as operator input, waiting while an earlier one is unconsumed
+        or the disk refuses; a stop meanwhile leaves it unhandled, for the next start."""
         body = handover.encode().encode("utf-8")
-        waited = 0.0
-        while not write_jc_input(self.layout, body, HANDOVER_WAIT_S):
-            waited += HANDOVER_WAIT_S
-            if waited % 30 < HANDOVER_WAIT_S:
+        began = time.monotonic()
+        warned = 0.0
+        while True:
+            try:
+                if write_jc_input(self.layout, body, HANDOVER_WAIT_S):
+                    return
+                why = f"{self.layout.jc_input} still holds earlier operator input"
+            except OSError as exc:
+                why = f"cannot write {self.layout.jc_input}: {exc.strerror or exc}"
+                self._stop.wait(HANDOVER_WAIT_S)
+            waited = time.monotonic() - began
+            if waited - warned >= 30:
+                warned = waited
                 log.warning(
-                    "%s still holds earlier operator input after %.0fs; answer %s waits "
-                    "(is relay running?)",
-                    self.layout.jc_input,
-                    waited,
+                    "%s; answer %s has waited %.0fs (is relay running?)",
+                    why,
                     handover.ntfy_id,
+                    waited,
                 )
+            if self._stop.is_set():
+                raise SubscribeError(f"stopped before answer {handover.ntfy_id} was handed over")
 
     def _done(self, ntfy_id: str, when: int) -> None:
         self.handled.add(ntfy_id, when)

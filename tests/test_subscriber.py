@@ -161,7 +161,7 @@ def test_a_typed_answer_is_handed_over_as_operator_input(
     ident = publish(ntfy.url, ANSWERS, "deploy to staging first")
     wait_until(lambda: intake.taken, what="the handover")
     assert intake.taken == [Handover(ident, None, "deploy to staging first")]
-    assert [r.RELAY_ENVELOPE for r in events(logged, "answer")] == [ident]
+    assert [r.__dict__["RELAY_ENVELOPE"] for r in events(logged, "answer")] == [ident]
     saved = json.loads(running.layout.subscriber_state.read_text())
     assert saved["since"] == ident and ident in saved["handled"]["ids"]
 
@@ -196,7 +196,7 @@ def test_a_tap_on_a_question_no_longer_pending_changes_nothing(
     subscribed(ntfy)
     publish(ntfy.url, ANSWERS, button_body("Q4-abc123", "approve"))
     (stale,) = wait_until(lambda: events(logged, "answer_stale"), what="the stale answer")
-    assert stale.RELAY_QUESTION == "Q4-abc123"
+    assert stale.__dict__["RELAY_QUESTION"] == "Q4-abc123"
     (ack,) = wait_until(lambda: acks(ntfy), what="the ack")
     assert "already answered" in ack
     assert (ntfy.messages[-1].priority, ntfy.messages[-1].topic) == (2, QUESTIONS)
@@ -389,7 +389,7 @@ def test_malformed_lines_and_relays_own_pushes_are_skipped(
     subscriber.handle_line(json.dumps(own).encode())
     time.sleep(0.2)
     assert intake.taken == []
-    assert [r.RELAY_ENVELOPE for r in events(logged, "answer_refused")] == ["own1"]
+    assert [r.__dict__["RELAY_ENVELOPE"] for r in events(logged, "answer_refused")] == ["own1"]
     assert acks(ntfy) == []  # no ack for relay's own push: that could loop
 
 
