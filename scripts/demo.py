@@ -50,6 +50,26 @@ def post_json(url: str, payload: Any) -> Any:
         return json.loads(response.read() or b"null")
 
 
+def wait_push(ntfy_url: str, wanted: Any, timeout: float = 10.0) -> Any:
+    """The newest push the stand-in ntfy received that `wanted` accepts."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [m for m in get_json(f"{ntfy_url}/_messages") if m["id"] and wanted(m)]
+        if found:
+            return found[-1]
+        time.sleep(0.05)
+    raise SystemExit("demo: the expected ntfy push did not come")
+
+
+def tap(action: Any) -> None:
+    """What the phone does for an http button: the action's request, as given."""
+    request = urllib.request.Request(
+        action["url"], data=action["body"].encode(), method=action.get("method", "POST")
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+
+
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.loads(response.read())
@@ -190,19 +210,21 @@ def main() -> int:
         say("2. A question only the operator can answer: [NEEDS-JC] pauses dispatch")
         demo.chat_claude_will_say(
             "[NEEDS-JC] session-1 wants to drop Python 3.10 support "
-            "to use match statements. Approve?"
+            "to use match statements. Approve?\nOptions: approve | not yet"
         )
         demo.session_sends("session-1", "Can we drop Python 3.10? match statements would help.")
         status = demo.wait_state("needs_jc")
-        print(f"   status: state={status['state']}, raised by {status['needs_jc_session']}")
-        deadline = time.monotonic() + 5
-        while not (pushes := get_json(f"{ntfy_url}/_messages")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        push = pushes[-1]
+        print(
+            f"   status: state={status['state']}, raised by {status['needs_jc_session']}, "
+            f"question {status['needs_jc_question']}"
+        )
+        push = wait_push(ntfy_url, lambda m: m["priority"] >= 4)
         show(
             f"   ntfy push to the operator's phone (priority {push['priority']}):",
             f"{push['title']}: {push['message'].splitlines()[0]}",
         )
+        buttons = ", ".join(f"[{a['label']}]" for a in push["actions"])
+        print(f"   its buttons: {buttons}; tapping the push opens {push['click']}")
 
         say("3. While paused, new queue entries are accepted but held")
         demo.session_sends("session-2", "Ready to tag v2.0 when you are.")
@@ -215,12 +237,14 @@ def main() -> int:
         demo.session_reads("session-2")
         print(f"   API calls made for it: {len(get_json(f'{api_url}/_requests')) - calls}")
 
-        say("5. The operator answers; the pause lifts and the answer flows back")
+        say("5. The operator taps [approve] on the phone; the pause lifts, the answer flows back")
         demo.chat_claude_will_say("Approved by JC: drop 3.10, update pyproject and CI matrix.")
         demo.chat_claude_will_say("Hold the tag one more day; the 3.10 removal lands first.")
-        demo.relay("reply", "Yes, drop 3.10. Announce it in the release notes.")
+        tap(push["actions"][0])  # exactly the request the ntfy app sends for the button
         demo.session_reads("session-1")
         demo.session_reads("session-2")  # the held entry, answered after the pause
+        ack = wait_push(ntfy_url, lambda m: m["priority"] == 2)
+        show("   acknowledgement pushed back to the phone:", ack["message"])
 
         say("6. relay status")
         time.sleep(0.3)
