@@ -17,7 +17,13 @@ from relay.records import Status
 
 log = logging.getLogger(__name__)
 
-UNITS = ("relay.target", "relay-conversation.service", "relay-queue.path", "relay-jc.path")
+UNITS = (
+    "relay.target",
+    "relay-conversation.service",
+    "relay-answers.service",
+    "relay-queue.path",
+    "relay-jc.path",
+)
 
 
 def write(path: Path, status: dict[str, Any]) -> None:

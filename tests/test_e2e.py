@@ -288,7 +288,13 @@ def test_status_persists_across_a_restart(deployment: Deployment) -> None:
     as_json = json.loads(deployment.cli("status", "--json").stdout)
     assert as_json["history_turns"] == 1
     if isinstance(deployment, Packaged):
-        units = ("relay.target", CONVERSATION, "relay-queue.path", "relay-jc.path")
+        units = (
+            "relay.target",
+            CONVERSATION,
+            "relay-answers.service",
+            "relay-queue.path",
+            "relay-jc.path",
+        )
         assert as_json["units"] == dict.fromkeys(units, "active")
     else:
         assert "units" not in as_json  # no systemd here
