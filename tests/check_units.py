@@ -11,8 +11,9 @@
   /etc/systemd/system, a placeholder /usr/bin/relay), where no exception is needed at all.
 - ``systemd-analyze security --offline=yes``: exposure limits per service.
 - Things verify does not check: every .path has its service, the relay.target wiring (model A,
-  §5.2), start limits in [Unit], handler timeouts and no network, restart pacing that cannot
-  burn the start limit, the credential source being a bare credstore name.
+  §5.2), start limits in [Unit], handler timeouts and no network, the long-running services'
+  notify/restart policy and restart pacing that cannot burn the start limit, credential
+  sources being bare credstore names, and which units load which credential.
 """
 
 from __future__ import annotations
@@ -30,11 +31,24 @@ UNITS_DIR = Path(__file__).resolve().parents[1] / "units"
 RELAY_BIN = "/usr/bin/relay"
 TARGET = "relay.target"
 CONVERSATION = "relay-conversation.service"
+ANSWERS = "relay-answers.service"
+# The long-running members of relay.target (Type=notify, restarted on failure).
+DAEMONS = (CONVERSATION, ANSWERS)
 ALERT_TEMPLATE = "relay-alert@.service"
 ALERT_ON_FAILURE = "relay-alert@%n.service"
+# Credentials: (id, bare credstore name) and the units that must load each (docs/systemd.md §4.2).
+API_KEY_CREDENTIAL = "anthropic-api-key:relay.anthropic-api-key"
+NTFY_CREDENTIAL = "ntfy-token:relay.ntfy-token"
+CREDENTIALS: dict[str, tuple[str, ...]] = {
+    API_KEY_CREDENTIAL: (CONVERSATION,),
+    NTFY_CREDENTIAL: (CONVERSATION, ANSWERS, ALERT_TEMPLATE),
+}
+# Environment= names that would put a secret in the environment.
+SECRET_ENV = re.compile(r"API_KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
 # Exposure (0-10, lower is better) allowed per service by `systemd-analyze security`.
 EXPOSURE_LIMITS: dict[str, float] = {
     CONVERSATION: 1.5,
+    ANSWERS: 1.1,
     "relay-queue.service": 1.0,
     "relay-jc.service": 1.0,
     ALERT_TEMPLATE: 1.5,
@@ -240,7 +254,7 @@ def check_target(units: dict[str, Unit]) -> list[str]:
     problems = []
     if "multi-user.target" not in words(target, "Install", "WantedBy"):
         problems.append(f"{TARGET}: [Install] WantedBy=multi-user.target missing")
-    members = {CONVERSATION} | {n for n in units if n.endswith(".path")}
+    members = set(DAEMONS) | {n for n in units if n.endswith(".path")}
     if set(words(target, "Unit", "Wants")) != members:
         problems.append(f"{TARGET}: Wants= should be exactly {sorted(members)}")
     handlers = {triggered_service(n, units[n]) for n in units if n.endswith(".path")}
@@ -267,8 +281,12 @@ def check_common(units: dict[str, Unit]) -> list[str]:
             problems.append(f"{name}: must run as User=relay Group=relay")
         if value(unit, "Service", "UMask") != "0077":
             problems.append(f"{name}: UMask=0077 missing")
-        if any("API_KEY" in v for v in values(unit, "Service", "Environment")):
-            problems.append(f"{name}: secrets must not be in Environment= (use LoadCredential=)")
+        for env in words(unit, "Service", "Environment"):
+            if SECRET_ENV.search(env.partition("=")[0]):
+                problems.append(
+                    f"{name}: Environment={env}: secrets must not be in the environment "
+                    "(use LoadCredential=)"
+                )
         if not (value(unit, "Service", "SyslogIdentifier") or "").startswith("relay-"):
             problems.append(f"{name}: SyslogIdentifier=relay-... missing (journal contract)")
     return problems
@@ -336,42 +354,90 @@ def handler_pace(unit: Unit) -> float:
     return pace
 
 
+def check_daemons(units: dict[str, Unit]) -> list[str]:
+    """The long-running services: notify, restarted on failure at a pace that can never hit
+    the start limit, not restarted on a configuration error, alerting when they give up."""
+    problems = []
+    for name in DAEMONS:
+        unit = units.get(name)
+        if unit is None:
+            problems.append(f"{name} missing")
+            continue
+        expect = {"Type": "notify", "NotifyAccess": "main", "Restart": "on-failure"}
+        for key, want in expect.items():
+            if value(unit, "Service", key) != want:
+                problems.append(f"{name}: {key}={want} expected")
+        if "2" not in words(unit, "Service", "RestartPreventExitStatus"):
+            problems.append(f"{name}: RestartPreventExitStatus=2 missing (configuration error)")
+        if ALERT_ON_FAILURE not in words(unit, "Unit", "OnFailure"):
+            problems.append(f"{name}: OnFailure={ALERT_ON_FAILURE} missing")
+        if value(unit, "Service", "TimeoutStopSec") in (None, "0", "infinity"):
+            problems.append(f"{name}: TimeoutStopSec= missing")
+        for key in ("Wants", "After"):
+            if "network-online.target" not in words(unit, "Unit", key):
+                problems.append(f"{name}: {key}=network-online.target missing")
+        if "PYTHONFAULTHANDLER=1" not in words(unit, "Service", "Environment"):
+            problems.append(f"{name}: Environment=PYTHONFAULTHANDLER=1 missing")
+        problems += _check_restart_pacing(name, unit)
+    return problems
+
+
 def check_conversation(units: dict[str, Unit]) -> list[str]:
     unit = units.get(CONVERSATION)
     if unit is None:
         return [f"{CONVERSATION} missing"]
     problems = []
-    expect = {"Type": "notify", "NotifyAccess": "main", "Restart": "on-failure"}
-    for key, want in expect.items():
-        if value(unit, "Service", key) != want:
-            problems.append(f"{CONVERSATION}: {key}={want} expected")
     if value(unit, "Service", "WatchdogSec") in (None, "0"):
         problems.append(f"{CONVERSATION}: WatchdogSec= missing")
     if "relay-clients" not in words(unit, "Service", "SupplementaryGroups"):
         problems.append(f"{CONVERSATION}: SupplementaryGroups=relay-clients missing (dispatch/)")
-    if "PYTHONFAULTHANDLER=1" not in words(unit, "Service", "Environment"):
-        problems.append(f"{CONVERSATION}: Environment=PYTHONFAULTHANDLER=1 missing")
-    problems += _check_restart_pacing(unit)
-    for cred in words(unit, "Service", "LoadCredential"):
-        _, _, source = cred.partition(":")
-        if "/" in source:
-            problems.append(
-                f"{CONVERSATION}: LoadCredential={cred}: a missing absolute path fails the "
-                "unit (243/CREDENTIALS); use a bare credstore name"
-            )
     return problems
 
 
-def _check_restart_pacing(unit: Unit) -> list[str]:
+def check_answers(units: dict[str, Unit]) -> list[str]:
+    """The answer subscriber writes only state/ and calls no API: no more than that."""
+    unit = units.get(ANSWERS)
+    if unit is None:
+        return [f"{ANSWERS} missing"]
+    problems = []
+    if value(unit, "Service", "ExecStart") != f"{RELAY_BIN} subscribe":
+        problems.append(f"{ANSWERS}: ExecStart={RELAY_BIN} subscribe expected")
+    if words(unit, "Service", "SupplementaryGroups"):
+        problems.append(f"{ANSWERS}: no SupplementaryGroups= (it writes only state/)")
+    return problems
+
+
+def check_credentials(units: dict[str, Unit]) -> list[str]:
+    """Bare credstore names only (a missing file must not fail the unit), each credential in
+    the units that need it and in no other."""
+    problems = []
+    for name, unit in units.items():
+        loaded = words(unit, "Service", "LoadCredential")
+        for cred in loaded:
+            _, _, source = cred.partition(":")
+            if "/" in source:
+                problems.append(
+                    f"{name}: LoadCredential={cred}: a missing absolute path fails the "
+                    "unit (243/CREDENTIALS); use a bare credstore name"
+                )
+        for cred, needed_by in CREDENTIALS.items():
+            if name in needed_by and cred not in loaded:
+                problems.append(f"{name}: LoadCredential={cred} missing")
+            if name not in needed_by and cred in loaded:
+                problems.append(f"{name}: LoadCredential={cred}: it does not need it")
+    return problems
+
+
+def _check_restart_pacing(name: str, unit: Unit) -> list[str]:
     """Restarts every RestartSec must fit the start limit, or a crash loop ends in
-    start-limit-hit and stays dead (§2.2). Defaults: 100ms, 10s, 5."""
+    start-limit-hit and stays dead (docs/systemd.md §2.3). Defaults: 100ms, 10s, 5."""
     restart = seconds(value(unit, "Service", "RestartSec") or "100ms")
     interval = seconds(value(unit, "Unit", "StartLimitIntervalSec") or "10s")
     burst = int(value(unit, "Unit", "StartLimitBurst") or "5")
     starts = int(interval // restart) + 1 if restart > 0 else sys.maxsize
     if starts > burst:
         return [
-            f"{CONVERSATION}: RestartSec={restart:g}s allows {starts} starts per "
+            f"{name}: RestartSec={restart:g}s allows {starts} starts per "
             f"{interval:g}s, above StartLimitBurst={burst}"
         ]
     return []
@@ -382,7 +448,10 @@ STATIC_CHECKS: tuple[Callable[[dict[str, Unit]], list[str]], ...] = (
     check_target,
     check_common,
     check_handlers,
+    check_daemons,
     check_conversation,
+    check_answers,
+    check_credentials,
 )
 
 

@@ -34,6 +34,26 @@ def test_every_service_has_a_limit() -> None:
     assert services == set(cu.EXPOSURE_LIMITS)
 
 
+def test_the_units_are_the_ones_the_package_installs() -> None:
+    """debian/relay.install ships every unit in units/ (dh_installsystemd then starts, stops
+    and restarts them; docs/systemd.md §5.2), and nothing else from there."""
+    install = (cu.UNITS_DIR.parent / "debian" / "relay.install").read_text().splitlines()
+    shipped = sorted(
+        line.split()[0].removeprefix("units/")
+        for line in install
+        if line.startswith("units/") and line.split()[1:] == ["lib/systemd/system/"]
+    )
+    listed = [line.split()[0] for line in install if line.startswith("units/")]
+    assert len(listed) == len(shipped), f"units/ must go to lib/systemd/system/: {install}"
+    assert shipped == [p.name for p in cu.unit_files()]
+
+
+def test_the_target_wants_every_member() -> None:
+    target = cu.parse_unit(cu.UNITS_DIR / cu.TARGET)
+    members = set(cu.words(target, "Unit", "Wants"))
+    assert members == {cu.CONVERSATION, cu.ANSWERS, "relay-queue.path", "relay-jc.path"}
+
+
 # ----- the checker catches mistakes (on a mutated copy of units/) -----------------------------
 
 
@@ -76,6 +96,60 @@ MUTATIONS: list[tuple[str, str, str, str]] = [
     ("relay-jc.service", "User=relay", "User=root", "User=relay"),
     ("relay-conversation.service", "SupplementaryGroups=relay-clients\n", "", "dispatch/"),
     ("relay-alert@.service", "Documentation=man:relay(1)\n", "", "Documentation="),
+    # the answer subscriber, a member like the conversation
+    ("relay.target", " relay-answers.service", "", "Wants= should be exactly"),
+    ("relay-answers.service", "PartOf=relay.target\n", "", "PartOf=relay.target"),
+    ("relay-answers.service", "\nRestartSec=5s", "\nRestartSec=1s", "allows 11 starts"),
+    ("relay-answers.service", "Type=notify", "Type=simple", "Type=notify expected"),
+    ("relay-answers.service", "RestartPreventExitStatus=2 3", "", "RestartPreventExitStatus=2"),
+    ("relay-answers.service", "OnFailure=relay-alert@%n.service\n", "", "OnFailure="),
+    ("relay-answers.service", "TimeoutStopSec=15s\n", "", "TimeoutStopSec="),
+    ("relay-answers.service", "After=network-online.target\n", "", "After=network-online"),
+    ("relay-answers.service", "UMask=0077", "UMask=0022", "UMask=0077"),
+    (
+        "relay-answers.service",
+        "User=relay\n",
+        "User=relay\nSupplementaryGroups=relay-clients\n",
+        "no SupplementaryGroups=",
+    ),
+    # credentials: bare names, where they are needed and nowhere else, never the environment
+    (
+        "relay-answers.service",
+        "LoadCredential=ntfy-token:relay.ntfy-token",
+        "LoadCredential=ntfy-token:/etc/relay/ntfy-token",
+        "243/CREDENTIALS",
+    ),
+    (
+        "relay-alert@.service",
+        "LoadCredential=ntfy-token:relay.ntfy-token\n",
+        "",
+        "relay-alert@.service: LoadCredential=ntfy-token:relay.ntfy-token missing",
+    ),
+    (
+        "relay-conversation.service",
+        "LoadCredential=ntfy-token:relay.ntfy-token\n",
+        "",
+        "relay-conversation.service: LoadCredential=ntfy-token:relay.ntfy-token missing",
+    ),
+    (
+        "relay-answers.service",
+        "LoadCredential=ntfy-token:relay.ntfy-token",
+        "LoadCredential=ntfy-token:relay.ntfy-token\n"
+        "LoadCredential=anthropic-api-key:relay.anthropic-api-key",
+        "it does not need it",
+    ),
+    (
+        "relay-answers.service",
+        "Environment=PYTHONFAULTHANDLER=1",
+        "Environment=PYTHONFAULTHANDLER=1 RELAY_NTFY_TOKEN=tk_secret",
+        "secrets must not be in the environment",
+    ),
+    (
+        "relay-conversation.service",
+        "Environment=PYTHONFAULTHANDLER=1",
+        "Environment=ANTHROPIC_API_KEY=sk-x",
+        "secrets must not be in the environment",
+    ),
 ]
 
 
