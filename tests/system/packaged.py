@@ -32,14 +32,18 @@ from .nspawn import Container
 from .relaydeb import DATA, KEY_PATH, place_config, wait_ready
 
 CONVERSATION = "relay-conversation.service"
+ANSWERS = "relay-answers.service"
 RELAY_UNITS = (
     "relay.target",
     CONVERSATION,
+    ANSWERS,
     "relay-queue.path",
     "relay-jc.path",
     "relay-queue.service",
     "relay-jc.service",
 )
+# The optional ntfy access token, where README.Debian says to put it (LoadCredential=).
+NTFY_TOKEN_PATH = "/etc/credstore/relay.ntfy-token"
 PROGRAM_DIR = "/usr/local/lib/relay-test"
 SCRATCH = "/root/relay-test"
 
@@ -53,10 +57,14 @@ class Packaged(Deployment):
         self.c = container
         self.cursor = ""
         self._killed = 0
+        self._killed_subscriber = 0
 
-    def reset(self, key: str | None = DEFAULT_KEY, **config: Any) -> None:
+    def reset(
+        self, key: str | None = DEFAULT_KEY, *, ntfy_token: str | None = None, **config: Any
+    ) -> None:
         """Stop everything relay, wipe its data (tmpfiles.d recreates the directories exactly
-        as the package's postinst did), write config and key, start relay.target."""
+        as the package's postinst did), write config, key and ntfy token (none: no file left
+        from an earlier test), start relay.target."""
         # Named one by one: `systemctl stop relay.target` returns before its PartOf= members
         # have stopped (the target has no ordering against them). reset-failed also resets
         # the start limits, which every manual start counts against.
@@ -64,11 +72,33 @@ class Packaged(Deployment):
         self.c.systemctl("reset-failed", *RELAY_UNITS)
         self.c.run(["rm", "-rf", f"{DATA}/queue", f"{DATA}/dispatch", f"{DATA}/state", SCRATCH])
         self.c.run(["systemd-tmpfiles", "--create", "/usr/lib/tmpfiles.d/relay.conf"])
-        place_config(self.c, yaml.safe_dump(self.config(**config)), key)
+        settings = self.config(**config)
+        place_config(self.c, yaml.safe_dump(settings), key)
+        if ntfy_token is None:
+            self.c.run(["rm", "-f", NTFY_TOKEN_PATH])
+        else:
+            self.c.write_file(NTFY_TOKEN_PATH, ntfy_token + "\n", mode=0o600, owner="root:root")
         self.key = key
+        before = self.show(ANSWERS, "InvocationID")
         self.c.systemctl("start", "relay.target")
         wait_ready(self.c)
+        ntfy = settings.get("ntfy") or {}
+        self._wait_subscriber_started(before, ntfy_on=ntfy.get("server", "default") is not None)
         self.cursor = self.c.cursor()
+
+    def _wait_subscriber_started(self, before: str, *, ntfy_on: bool) -> None:
+        """Until relay-answers.service has started anew (a new InvocationID) and sent READY=1:
+        active while ntfy is on; with ntfy.server null it exits 0 at once, inactive."""
+
+        def started() -> bool:
+            if self.show(ANSWERS, "InvocationID") in ("", before):
+                return False
+            state = self.show(ANSWERS, "ActiveState")
+            if ntfy_on:
+                return state == "active"
+            return state == "inactive" and self.show(ANSWERS, "Result") == "success"
+
+        self.wait_for(started, f"{ANSWERS} started ({'active' if ntfy_on else 'done'})")
 
     def close(self) -> None:
         """Nothing: the container is the module's, and the next reset starts afresh."""
@@ -135,6 +165,43 @@ class Packaged(Deployment):
 
     def service_pid(self) -> int:
         return self.main_pid()
+
+    def kill_subscriber(self) -> None:
+        self._killed_subscriber = self.main_pid(ANSWERS)
+        assert self._killed_subscriber, f"{ANSWERS} is not running"
+        self.c.run(["kill", "-KILL", str(self._killed_subscriber)])
+
+    def recover_subscriber(self) -> None:
+        """Until systemd has restarted it (Restart=on-failure, RestartSec=5s)."""
+        gone = self._killed_subscriber
+        self.wait_for(
+            lambda: (
+                self.main_pid(ANSWERS) not in (0, gone)
+                and self.show(ANSWERS, "ActiveState") == "active"
+            ),
+            f"systemd to restart {ANSWERS} in place of pid {gone}",
+            timeout=40,
+        )
+
+    def environments(self) -> list[str]:
+        """/proc/PID/environ of every running relay-* unit's main process, then every relay
+        unit's Environment= (`systemctl show`), the template's through an instance."""
+        listed = self.c.systemctl(
+            "list-units", "--no-legend", "--plain", "--state=running", "relay-*"
+        ).stdout
+        found = []
+        for unit in sorted(line.split()[0] for line in listed.splitlines() if line.strip()):
+            pid = self.main_pid(unit)
+            if pid:
+                # check=False: it may exit meanwhile (a handler, an alert).
+                done = self.c.run(["cat", f"/proc/{pid}/environ"], check=False)
+                if done.returncode == 0:
+                    found.append(done.stdout)
+        files = self.c.systemctl("list-unit-files", "--no-legend", "relay*").stdout
+        for name in sorted(line.split()[0] for line in files.splitlines() if line.strip()):
+            unit = name.replace("@.", f"@{CONVERSATION}.")  # an instance loads its template
+            found.append(self.c.systemctl("show", "-p", "Environment", unit).stdout)
+        return found
 
     def set_key(self, key: str) -> None:
         """Into the credstore, then a restart: the credential is copied when the unit starts."""
