@@ -187,12 +187,12 @@ class Packaged(Deployment):
         """/proc/PID/environ of every running relay-* unit's main process, then every relay
         unit's Environment= (`systemctl show`), the template's through an instance."""
         listed = self.c.systemctl(
-            "list-units", "--no-legend", "--plain", "--state=running", "relay-*"
+            "list-units", "--no-legend", "--plain", "--type=service", "--state=running", "relay-*"
         ).stdout
         found = []
         for unit in sorted(line.split()[0] for line in listed.splitlines() if line.strip()):
-            pid = self.main_pid(unit)
-            if pid:
+            pid = self.show(unit, "MainPID")
+            if pid not in ("", "0"):
                 # check=False: it may exit meanwhile (a handler, an alert).
                 done = self.c.run(["cat", f"/proc/{pid}/environ"], check=False)
                 if done.returncode == 0:
