@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import subprocess
 import tarfile
 import time
@@ -27,6 +28,7 @@ from typing import Any
 import pytest
 
 from tests.standin.api import StandinAPI
+from tests.standin.ntfy import StandinNtfy
 
 from .nspawn import Container
 from .relaydeb import (
@@ -42,8 +44,9 @@ from .relaydeb import (
 
 pytestmark = pytest.mark.system
 
-UNITS = ("relay.target", "relay-conversation.service", "relay-queue.path", "relay-jc.path")
 CONVERSATION = "relay-conversation.service"
+ANSWERS = "relay-answers.service"
+UNITS = ("relay.target", CONVERSATION, ANSWERS, "relay-queue.path", "relay-jc.path")
 KEY = "sk-ant-package-test-key"
 HISTORY = f"{DATA}/state/history.jsonl"
 
@@ -109,9 +112,15 @@ def wait_running(container: Container, timeout: float = 30) -> None:
     container.wait_for(ready, timeout=timeout, what="relay running with its API key")
 
 
-def configure(container: Container, api: StandinAPI, extra: str = "") -> None:
-    """Point relay at the stand-in, put the key in place, restart (README.Debian steps 1-2)."""
-    edit_config(container, config_yaml(api.url, None) + extra)
+def configure(
+    container: Container, api: StandinAPI, extra: str = "", *, ntfy: StandinNtfy | None = None
+) -> None:
+    """Point relay at the stand-in, put the key in place, restart (README.Debian steps 1-2).
+    ntfy is off (`server: null`) unless `ntfy` is given; its topics are then generated."""
+    text = config_yaml(api.url, None)
+    if ntfy is not None:
+        text = text.replace("ntfy: {server: null}", f'ntfy: {{server: "{ntfy.url}"}}')
+    edit_config(container, text + extra)
     put_key(container)
     container.systemctl("restart", "relay.target")
     wait_running(container)
@@ -194,6 +203,11 @@ def test_install_starts_relay_which_waits_for_a_key_then_carries_an_envelope(
         assert c.show(CONVERSATION, "MainPID") == pid
         assert c.show(CONVERSATION, "ActiveState") == "active"
         assert c.show(CONVERSATION, "Result") == "success"
+        # The shipped config pushes to (and takes answers from) ntfy.sh, which this container
+        # cannot reach: the subscriber keeps trying, it neither exits nor restarts.
+        assert c.show(ANSWERS, "ActiveState") == "active"
+        assert c.show(ANSWERS, "NRestarts") == "0"
+        assert "cannot connect to https://ntfy.sh" in c.journal("-u", ANSWERS, "-o", "cat")
 
         # The postinst made the credential store's directory (README.Debian step 2).
         assert c.run(["stat", "-c", "%a %U:%G", "/etc/credstore"]).stdout.strip() == "700 root:root"
@@ -215,6 +229,14 @@ def test_install_starts_relay_which_waits_for_a_key_then_carries_an_envelope(
         (call,) = api.message_calls()
         assert call.status == 200  # the stand-in accepts only KEY: it came from the credstore
         assert c.show(CONVERSATION, "NRestarts") == "0"
+        # ntfy is off in this config (server: null): the subscriber had nothing to do, said
+        # so and exited 0 after READY=1; not failed, not restarted, no alert.
+        assert c.show(ANSWERS, "ActiveState") == "inactive"
+        assert c.show(ANSWERS, "Result") == "success"
+        assert c.show(ANSWERS, "NRestarts") == "0"
+        assert "ntfy.server is null" in c.journal("-u", ANSWERS, "-o", "cat")
+        alerts = c.systemctl("list-units", "--failed", "--no-legend", "relay*").stdout
+        assert alerts.strip() == "", alerts
 
 
 # ----- 2. users -------------------------------------------------------------------------------
@@ -280,10 +302,12 @@ def test_clients_group_submits_and_reads_its_replies_others_cannot(
 
 
 def test_upgrade_keeps_history_pending_replies_queue_topic_and_config(
-    relay_deb: Path, relay_deb_upgrade: Path, api: StandinAPI
+    relay_deb: Path, relay_deb_upgrade: Path, api: StandinAPI, ntfy: StandinNtfy
 ) -> None:
     with installed(relay_deb) as c:
-        configure(c, api)
+        # ntfy on (both topics generated, kept in state/), so the answer subscriber runs.
+        configure(c, api, ntfy=ntfy)
+        ntfy.wait_for_subscribers(1, timeout=15)
         submit(c, "session-2", "before the upgrade")
         assert take(c, "session-2") == "ack: [from session-2] before the upgrade"
 
@@ -313,7 +337,9 @@ def test_upgrade_keeps_history_pending_replies_queue_topic_and_config(
         c.run(["sh", "-c", edit, "sh", CONFIG_PATH])
         config_sum = sha256(c, CONFIG_PATH)
         topic = c.run(["relay", "topic"]).stdout
-        assert "topic:     relay-" in topic, topic
+        assert re.search(r"^topic: +relay-", topic, re.MULTILINE), topic
+        # The answer topic, generated too: phones publish answers there.
+        assert re.search(r"^answer topic: +relay-answers-", topic, re.MULTILINE), topic
         history = c.read_file(HISTORY)
         turns = lines(c, HISTORY)
         assert turns == 4
@@ -345,6 +371,7 @@ def test_upgrade_keeps_history_pending_replies_queue_topic_and_config(
         new_pid = c.show(CONVERSATION, "MainPID")
         assert new_pid != old_pid
         assert deleted_mappings(c, new_pid) == []
+        assert deleted_mappings(c, c.show(ANSWERS, "MainPID")) == []
         # prerm removed the old bytecode, postinst compiled the new files.
         pyc = c.run(["find", "/usr/lib/relay/lib", "-path", "*/relay/__pycache__/cli.*.pyc"])
         assert pyc.stdout.strip(), "no bytecode after the upgrade"
