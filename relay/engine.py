@@ -338,8 +338,8 @@ class Engine:
             self.notifier.delete(question)
         if handover is not None:
             target = conv.operator_target(self.state) or "no session yet"
-            what = f"answer to {question} received" if question else "answer received"
-            self._acknowledge(key, f"{what}, sent to {target}")
+            about = f" (the answer to {question})" if question else ""
+            self._acknowledge(key, f"answer received, sent to {target}{about}")
 
     def _acknowledge(self, key: str, text: str) -> None:
         log.info("acknowledging %s to the phone: %s", key, text)

@@ -72,7 +72,7 @@ class Subscriber:
         )
         self._own_notifier = notifier is None
         self._stop = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # stop() may run in a signal handler meanwhile
         self._connection: http.client.HTTPConnection | None = None
         self.flood = Flood(config.ntfy.max_answers_per_minute)
         self.since: str | None = None
