@@ -775,7 +775,7 @@ def test_trickle_never_hits_the_start_limit(packaged: Packaged, api: StandinAPI)
 
 @system
 def test_the_target_is_the_one_switch(packaged: Packaged) -> None:
-    members = (CONVERSATION, "relay-queue.path", "relay-jc.path")
+    members = (CONVERSATION, "relay-answers.service", "relay-queue.path", "relay-jc.path")
     packaged.c.systemctl("stop", "relay.target")
     packaged.wait_for(
         lambda: all(packaged.show(u, "ActiveState") == "inactive" for u in members),

@@ -215,7 +215,7 @@ def test_an_operator_runs_status_and_topic_without_sudo(fresh: Container) -> Non
         topic = as_user(c, user, "relay", "topic")
         assert topic.returncode == 0, topic.stderr
         assert topic.stdout == c.run(["relay", "topic"]).stdout
-        assert "topic:     relay-" in topic.stdout
+        assert "topic:        relay-" in topic.stdout
 
 
 def test_an_operator_answers_a_pause_and_messages_a_session(
@@ -232,7 +232,7 @@ def test_an_operator_answers_a_pause_and_messages_a_session(
     assert paused["needs_jc_session"] == "session-2"
     # The push went to the topic olivia reads with `relay topic`.
     (push,) = ntfy.wait_for(1, timeout=10)
-    assert f"topic:     {push.topic}\n" in as_user(c, "olivia", "relay", "topic").stdout
+    assert f"topic:        {push.topic}\n" in as_user(c, "olivia", "relay", "topic").stdout
 
     # Straight to a session: no API call, the pause stays.
     calls = len(api.message_calls())
@@ -417,7 +417,7 @@ def test_an_upgrade_from_a_private_state_opens_status_and_topic_to_operators(
 
         c.run(["useradd", "-m", "-G", "relay-operators", "olivia"])
         assert status(c, "olivia")["state"] == "running"
-        assert f"topic:     {topic.strip()}\n" in as_user(c, "olivia", "relay", "topic").stdout
+        assert f"topic:        {topic.strip()}\n" in as_user(c, "olivia", "relay", "topic").stdout
         done = as_user(c, "olivia", "relay", "reply", "@session-2: after the upgrade")
         assert done.returncode == 0, done.stderr
         assert take(c, "session-2") == "after the upgrade"
