@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 RECONNECT_MIN_S = 1.0
 RECONNECT_MAX_S = 20.0  # with jitter at most 25 s: back within 30 s of the server's return
+HEALTHY_S = 30.0  # a stream that lasted this long was a success, however it ended
 HANDOVER_WAIT_S = 1.0  # each try; a reply not yet consumed is waited for, never replaced
 MAX_ANSWERED_QUESTIONS = 200
 STATE_VERSION = 1
@@ -78,6 +79,7 @@ class Subscriber:
         self.since: str | None = None
         self.handled = Handled()
         self.answered: list[str] = []  # questions this subscriber has handed an answer for
+        self._opened: float | None = None  # when the current stream opened
         self.connected = threading.Event()  # set while a stream is open (for tests, status)
         self._load()
 
@@ -89,10 +91,15 @@ class Subscriber:
         )
         failures = 0
         while not self._stop.is_set():
+            self._opened = None
             try:
                 received = self._stream()
             except SubscribeError as exc:
                 received = False
+                if self._opened is not None and time.monotonic() - self._opened >= HEALTHY_S:
+                    # It ran for a while and then broke: a new trouble, not more of the
+                    # same. Say so, and come back at once.
+                    failures = 0
                 # Every failure while it lasts would be a line every 20 s: the first few,
                 # then one in 15 (about every 5 minutes).
                 if not self._stop.is_set() and (failures < 3 or failures % 15 == 0):
@@ -152,6 +159,7 @@ class Subscriber:
                 hint = " (is the ntfy token right?)" if response.status in (401, 403) else ""
                 raise SubscribeError(f"{self.server} answered {response.status}{hint}: {detail}")
             self.connected.set()
+            self._opened = time.monotonic()
             return self._read(response)
         finally:
             with self._lock:
