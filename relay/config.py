@@ -423,11 +423,6 @@ def _prices(raw: Mapping[str, Any], check: _Checker) -> dict[str, Price]:
     return table
 
 
-def dotenv_key(config_file: Path | None) -> str | None:
-    """ANTHROPIC_API_KEY from a `.env` beside the config file (development only)."""
-    return dotenv_value(config_file, "ANTHROPIC_API_KEY")
-
-
 def dotenv_value(config_file: Path | None, name: str) -> str | None:
     """`name` from a `.env` beside the config file (development only)."""
     if config_file is None:
@@ -443,24 +438,33 @@ def dotenv_value(config_file: Path | None, name: str) -> str | None:
     return None
 
 
-def find_ntfy_token(config: Config, environ: Mapping[str, str]) -> tuple[str | None, str]:
-    """The optional ntfy access token and where it came from (never the token itself):
-    the systemd credential relay.ntfy-token, RELAY_NTFY_TOKEN, or `.env` beside the config."""
+def _find_secret(
+    config: Config, environ: Mapping[str, str], credential: str, variable: str
+) -> tuple[str | None, str | None]:
+    """(secret, where it came from) from the systemd credential `credential`, the
+    environment variable `variable`, or `.env` beside the config, in that order."""
     cred_dir = environ.get("CREDENTIALS_DIRECTORY")
     if cred_dir:
         try:
-            token = read_text(Path(cred_dir) / "ntfy-token", MAX_CONFIG_BYTES).strip()
+            secret = read_text(Path(cred_dir) / credential, MAX_CONFIG_BYTES).strip()
         except (OSError, UnicodeDecodeError, ValueError):
-            token = ""
-        if token:
-            return token, "credential ntfy-token"
-    token = environ.get("RELAY_NTFY_TOKEN", "").strip()
-    if token:
-        return token, "RELAY_NTFY_TOKEN"
-    token = dotenv_value(config.source, "RELAY_NTFY_TOKEN") or ""
-    if token:
-        return token, ".env beside the config"
-    return None, "no ntfy token (none is needed unless the server requires one)"
+            secret = ""
+        if secret:
+            return secret, f"credential {credential}"
+    secret = environ.get(variable, "").strip()
+    if secret:
+        return secret, variable
+    secret = dotenv_value(config.source, variable) or ""
+    if secret:
+        return secret, ".env beside the config"
+    return None, None
+
+
+def find_ntfy_token(config: Config, environ: Mapping[str, str]) -> tuple[str | None, str]:
+    """The optional ntfy access token and where it came from (never the token itself):
+    the systemd credential relay.ntfy-token, RELAY_NTFY_TOKEN, or `.env` beside the config."""
+    token, where = _find_secret(config, environ, "ntfy-token", "RELAY_NTFY_TOKEN")
+    return token, where or "no ntfy token (none is needed unless the server requires one)"
 
 
 def find_api_key(config: Config, environ: Mapping[str, str]) -> tuple[str | None, str]:
@@ -468,21 +472,8 @@ def find_api_key(config: Config, environ: Mapping[str, str]) -> tuple[str | None
 
     Order: systemd credential, environment, `.env` beside the config.
     """
-    cred_dir = environ.get("CREDENTIALS_DIRECTORY")
-    if cred_dir:
-        try:
-            key = read_text(Path(cred_dir) / "anthropic-api-key", MAX_CONFIG_BYTES).strip()
-        except (OSError, UnicodeDecodeError, ValueError):
-            key = ""
-        if key:
-            return key, "credential anthropic-api-key"
-    key = environ.get("ANTHROPIC_API_KEY", "").strip()
-    if key:
-        return key, "ANTHROPIC_API_KEY"
-    key = dotenv_key(config.source) or ""
-    if key:
-        return key, ".env beside the config"
-    return None, (
+    key, where = _find_secret(config, environ, "anthropic-api-key", "ANTHROPIC_API_KEY")
+    return key, where or (
         "no API key: put it in /etc/credstore/relay.anthropic-api-key (root, 0600) and restart "
         "relay-conversation.service, or set ANTHROPIC_API_KEY"
     )

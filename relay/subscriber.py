@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from relay import answers, fsutil
+from relay import status as status_file
 from relay.answers import Answer, Flood, Handled, Handover, Refused, Skip
 from relay.config import Config, find_ntfy_token
 from relay.layout import PRIVATE_FILE_MODE, Layout
@@ -286,10 +287,9 @@ class Subscriber:
 
     def _status(self) -> dict[str, Any] | None:
         try:
-            data = json.loads(fsutil.read_regular(self.layout.status, 1 << 20))
+            return status_file.read(self.layout.status)
         except (OSError, ValueError):
             return None
-        return data if isinstance(data, dict) else None
 
     def _hand_over(self, handover: Handover) -> None:
         """Write the answer as operator input, waiting while an earlier one is unconsumed
