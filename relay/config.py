@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -67,6 +68,28 @@ class NtfyConfig:
     read_timeout_s: float = 100.0
 
 
+CACHE_TTLS = ("auto", "5m", "1h")
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """Spend caps in USD per day and per calendar month (None: no cap), and the fractions of
+    a cap at which the operator is warned. Days and months begin at midnight in `timezone`."""
+
+    daily_usd: float | None = None
+    monthly_usd: float | None = None
+    warn_at: tuple[float, ...] = (0.75, 0.95)
+    timezone: str = "UTC"
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def capped(self) -> bool:
+        return self.daily_usd is not None or self.monthly_usd is not None
+
+
 @dataclass(frozen=True)
 class Config:
     sessions: tuple[str, ...]
@@ -83,6 +106,8 @@ class Config:
     anthropic: AnthropicConfig = field(default_factory=AnthropicConfig)
     ntfy: NtfyConfig = field(default_factory=NtfyConfig)
     prices: Mapping[str, Price] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    cache_ttl: str = "auto"  # one of CACHE_TTLS
     source: Path | None = None  # the file this came from, for `.env` lookup and messages
 
 
@@ -223,6 +248,8 @@ _TOP_KEYS = {
     "anthropic",
     "ntfy",
     "prices",
+    "budget",
+    "cache_ttl",
 }
 
 
@@ -274,6 +301,8 @@ def parse_config(raw: Any, source: Path | None = None) -> Config:
             anthropic=_anthropic(raw, check),
             ntfy=_ntfy(raw, check),
             prices=_prices(raw, check),
+            budget=_budget(raw, check),
+            cache_ttl=_cache_ttl(raw, check),
             source=source,
         ),
     )
@@ -381,6 +410,62 @@ def _ntfy(raw: Mapping[str, Any], check: _Checker) -> NtfyConfig:
         max_answers_per_minute=check.integer(section, "max_answers_per_minute", 30, 1),
         read_timeout_s=check.number(section, "read_timeout_s", 100.0, "ntfy.read_timeout_s", 3600),
     )
+
+
+def _cache_ttl(raw: Mapping[str, Any], check: _Checker) -> str:
+    value = raw.get("cache_ttl", "auto")
+    if value not in CACHE_TTLS:
+        check.fail("cache_ttl", f"must be one of auto, 5m, 1h, got {value!r}")
+        return "auto"
+    return str(value)
+
+
+def _budget(raw: Mapping[str, Any], check: _Checker) -> BudgetConfig:
+    section = check.mapping(raw, "budget")
+    check.unknown(section, {"daily_usd", "monthly_usd", "warn_at", "timezone"}, "budget.")
+    caps: dict[str, float | None] = {}
+    for name in ("daily_usd", "monthly_usd"):
+        value = section.get(name)
+        if value is None:
+            caps[name] = None
+        elif (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            check.fail(f"budget.{name}", f"must be a positive number of USD or null, got {value!r}")
+            caps[name] = None
+        else:
+            caps[name] = float(value)
+    warn_raw = section.get("warn_at", list(BudgetConfig.warn_at))
+    warn_at: tuple[float, ...] = BudgetConfig.warn_at
+    if warn_raw is None:
+        warn_at = ()
+    elif not isinstance(warn_raw, list) or not all(
+        not isinstance(v, bool) and isinstance(v, int | float) and 0 < v < 1 for v in warn_raw
+    ):
+        check.fail(
+            "budget.warn_at",
+            f"must be a list of fractions between 0 and 1, e.g. [0.75, 0.95], got {warn_raw!r}",
+        )
+    else:
+        warn_at = tuple(sorted({float(v) for v in warn_raw}))
+    zone = section.get("timezone", "UTC")
+    timezone = "UTC"
+    if not isinstance(zone, str) or not zone.strip():
+        check.fail("budget.timezone", f"must be a time zone name (Europe/Paris), got {zone!r}")
+    else:
+        try:
+            ZoneInfo(zone)
+            timezone = zone
+        except (ZoneInfoNotFoundError, ValueError):
+            check.fail(
+                "budget.timezone",
+                f"unknown time zone {zone!r} (a name from the tz database, such as "
+                "Europe/Paris or America/New_York)",
+            )
+    return BudgetConfig(caps["daily_usd"], caps["monthly_usd"], warn_at, timezone)
 
 
 _PRICE_KEYS = ("input", "output", "cache_write", "cache_write_1h", "cache_read")
