@@ -1,5 +1,5 @@
 """What each API call cost: priced by the table, appended to the ledger, totalled for
-status. A report only: a ledger that cannot be written never stops work."""
+status and the budgets. A report only: a ledger that cannot be written never stops work."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from datetime import datetime
 from typing import Literal
 
 from relay.api import ApiReply
+from relay.budget import Spend
 from relay.config import Config
-from relay.ledger import Ledger, iso
+from relay.ledger import CostTotals, Ledger, iso
 from relay.log import event
 from relay.prices import cost_usd, price_for
 from relay.records import LedgerEntry, Sender
@@ -23,12 +24,22 @@ class Accounting:
         self.config = config
         self.ledger = ledger
         self.wall = wall
+        self.totals = CostTotals(config.budget.zone)
 
     def load(self) -> None:
-        self.ledger.load(self.today())
+        """Total the ledger for the current day and month (read once, at start and when
+        the time zone changes; from then on each call adds to the totals)."""
+        totals = CostTotals(self.config.budget.zone)
+        totals.roll(self.wall())
+        for moment, cost in self.ledger.costs():
+            totals.add(moment, cost)
+        self.totals = totals
 
-    def today(self) -> str:
-        return self.wall().strftime("%Y-%m-%d")
+    def reconfigure(self, config: Config) -> None:
+        zone_changed = config.budget.timezone != self.config.budget.timezone
+        self.config = config
+        if zone_changed:  # the day and month boundaries moved: count again
+            self.load()
 
     def charge(
         self, kind: Literal["turn", "summary"], key: str, sender: Sender, reply: ApiReply
@@ -53,9 +64,12 @@ class Accounting:
             price_known=price is not None,
         )
         try:
-            self.ledger.record(entry.to_json(), now.strftime("%Y-%m-%d"))
+            self.ledger.record(entry.to_json())
         except OSError as exc:  # accounting: a full disk must not stop work
             log.error("cannot write the cost ledger: %s", exc)
+        # Counted even when the line could not be written: the money was spent.
+        self.totals.roll(now)
+        self.totals.add(now, cost)
         u = reply.usage
         event(
             log,
@@ -74,12 +88,21 @@ class Accounting:
         )
         return cost
 
+    def spend(self) -> Spend:
+        self.totals.roll(self.wall())
+        return Spend(self.totals.today_usd, self.totals.month_usd)
+
     @property
     def today_usd(self) -> float:
-        self.ledger.totals.roll(self.today())
-        return self.ledger.totals.today_usd
+        self.totals.roll(self.wall())
+        return self.totals.today_usd
+
+    @property
+    def month_usd(self) -> float:
+        self.totals.roll(self.wall())
+        return self.totals.month_usd
 
     @property
     def calls_today(self) -> int:
-        self.ledger.totals.roll(self.today())
-        return self.ledger.totals.calls_today
+        self.totals.roll(self.wall())
+        return self.totals.calls_today

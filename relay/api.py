@@ -9,6 +9,7 @@ import math
 import re
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from relay.errors import ApiError
@@ -174,9 +175,10 @@ def translate_status(
         until = f" until {when.group(1).strip()}" if when else ""
         return ApiError(
             f"the workspace's API usage limit is reached: no calls{until} "
-            f"(raise the limit in the Console to resume sooner){suffix}",
+            f"(raise the limit in the Console, then relay reload, to resume sooner){suffix}",
             transient=False,
             status=status,
+            blocked_until=regain_time(when.group(1)) if when else None,
         )
     if status == 401:
         return ApiError(f"the API key was rejected (401){suffix}", transient=False, status=status)
@@ -209,6 +211,26 @@ def translate_status(
             context_overflow=status == 400 and _OVERFLOW_RE.search(text) is not None,
         )
     return ApiError(message, transient=False, status=status)
+
+
+_WHEN_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})(?:\s*(?:at|T)?\s*(\d{1,2}):(\d{2})(?::(\d{2}))?)?\s*(UTC|Z|GMT)?",
+    re.IGNORECASE,
+)
+
+
+def regain_time(text: str) -> datetime | None:
+    """The moment in "2026-12-01 at 00:00 UTC" (the workspace limit's message) as an aware
+    UTC datetime; None if it is not such a date. A time without a zone is read as UTC, the
+    zone the Console's messages use."""
+    match = _WHEN_RE.search(text)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) if g else 0 for g in match.groups()[:6])
+    try:
+        return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 def _config_setting(status: int, text: str) -> str | None:

@@ -26,11 +26,11 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
-from relay import answers, history, outbox
+from relay import answers, budget, budget_state, history, outbox
 from relay import conversation as conv
 from relay import envelope as envelopes
 from relay import status as status_file
@@ -47,7 +47,16 @@ from relay.layout import Layout
 from relay.ledger import Ledger, iso, utc_now
 from relay.log import event
 from relay.ntfy import Notifier, Push
-from relay.records import OPERATOR, RELAY, Record, Sender, Status, Turn, session
+from relay.records import (
+    OPERATOR,
+    RELAY,
+    BudgetStatus,
+    Record,
+    Sender,
+    Status,
+    Turn,
+    session,
+)
 from relay.spool import Refused, Spool, display, parse_item
 
 __all__ = ["ApiFactory", "Engine"]
@@ -55,6 +64,7 @@ __all__ = ["ApiFactory", "Engine"]
 log = logging.getLogger(__name__)
 
 WRITE_RETRY_S = 10.0
+BUDGET_POLL_S = 5.0
 ABANDON_GRACE_S = 30.0
 # Errors that say the disk (not this item) is in trouble: wait and retry, never set aside.
 DISK_ERRORS = frozenset(
@@ -133,6 +143,8 @@ class Engine:
         self.begun: set[str] = set()  # items this process has counted
         self._now = monotonic()
         self.reporter = status_file.StatusWriter(layout.status, monotonic)
+        self.budget = budget_state.BudgetState()  # pushes already sent; a workspace limit
+        self.budget_block: budget.Block | None = None  # a cap reached, as of this tick
         self.last_snapshot: Status | None = None  # the latest tick's
 
     # ---- start-up -------------------------------------------------------------------
@@ -150,6 +162,8 @@ class Engine:
         except OSError as exc:
             self._write_failed("cannot finish setting an item aside", exc)
         self.accounts.load()
+        self.budget = budget_state.load(self.layout.budget_state)
+        self._check_budget()
         try:
             previous = status_file.read(self.layout.status)
             last = previous.get("last_dispatch_session")
@@ -172,6 +186,12 @@ class Engine:
             if target is not None:
                 self._direct(key, target, body)
         return False
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded config (already validated, same data directory)."""
+        self.config = config
+        self.accounts.reconfigure(config)
+        self._budget_reconfigured()
 
     def _load(self, records: list[Record]) -> None:
         self.records = records
@@ -197,6 +217,7 @@ class Engine:
             self._abandon()
         elif self.unrecorded is not None and disk_ok:
             self._record()
+        self._check_budget()
         if not self.busy and start_new:
             self.keys.refresh(self._now)
             if self._now >= self.write_retry_at:
@@ -219,6 +240,10 @@ class Engine:
         due = [t for t in (self.write_retry_at, self.backoff.retry_at) if t > self._now]
         if due and (self.unrecorded is not None or self.spool.items()):
             return max(0.01, min(min(due) - self._now, 5.0))
+        if self.calls_blocked() is not None and self.spool.items():
+            # Waiting for a period boundary or a workspace limit's end: look every few
+            # seconds (cheap), so work resumes promptly at the boundary.
+            return BUDGET_POLL_S
         return 5.0 if self.api is None else 30.0
 
     @property
@@ -396,6 +421,10 @@ class Engine:
             return True
         if self.api is None or not self.backoff.ready(self._now):
             return True
+        if self.calls_blocked() is not None:
+            # Not in hand: the items behind it that need no API call (a direct operator
+            # message) may go on; every item that needs one waits here, in order.
+            return False
         if self._summarize():
             return True
         if not self._begin(key):
@@ -491,6 +520,9 @@ class Engine:
 
     def _api_failed(self, call: Call, exc: ApiError) -> None:
         self.last_error = exc.message
+        if exc.blocked_until is not None:
+            self._workspace_limited(call, exc, exc.blocked_until)
+            return
         who = call.sender.session
         if exc.transient:
             self.backoff = self.backoff.failed(self.monotonic(), exc.retry_after, random.random())
@@ -551,6 +583,8 @@ class Engine:
                 Push("relay cannot summarize", f"The API refused it: {exc.message}", "default")
             )
             return
+        if exc.context_overflow and self.calls_blocked() is not None:
+            return  # it stays: after the block, it meets the overflow again and summarizes
         if exc.context_overflow and self._summarize(force=True):
             return
         self._refuse_safely(call.key, f"the API refused it: {exc.message}")
@@ -696,6 +730,117 @@ class Engine:
         )
         self.notifier.push(answers.question_push(question, origin, text, self.answer_url))
 
+    # ---- budgets --------------------------------------------------------------------
+
+    def calls_blocked(self) -> str | None:
+        """Why no new API call may start now (a budget spent, the workspace's limit), or
+        None. A call in flight is not affected: it finishes and is recorded."""
+        until = self.budget.workspace_until
+        if until is not None and self.wall() < until:
+            return (
+                f"{self.budget.workspace_reason or 'the workspace API usage limit is reached'}; "
+                f"no API calls until {until:%Y-%m-%d %H:%M} UTC"
+            )
+        if self.budget_block is not None:
+            return self.budget_block.detail()
+        return None
+
+    def _budget_status(self) -> BudgetStatus:
+        caps = self.config.budget
+        blocked = resets = None
+        until = self.budget.workspace_until
+        if until is not None and self.wall() < until:
+            blocked, resets = "workspace", iso(until)
+        elif self.budget_block is not None:
+            blocked, resets = self.budget_block.budget, iso(self.budget_block.resets_at)
+        return BudgetStatus(caps.daily_usd, caps.monthly_usd, caps.timezone, blocked, resets)
+
+    def _budget_reconfigured(self) -> None:
+        """A reload is the operator's "go on": a raised cap applies at once, and a workspace
+        limit is taken as raised in the Console (if it is not, the next call says so)."""
+        if self.budget.workspace_until is not None:
+            log.info("reload: trying the API again despite the workspace limit")
+            self._save_budget(replace(self.budget, workspace_until=None, workspace_reason=None))
+        self._check_budget()
+
+    def _check_budget(self) -> None:
+        """Judge the spend against the caps: push each warning once per period, push once
+        when a cap is reached, log when calls may start again."""
+        now = self.wall()
+        if self.budget.workspace_until is not None and now >= self.budget.workspace_until:
+            log.info("the workspace API usage limit has passed; API calls resume")
+            self._save_budget(replace(self.budget, workspace_until=None, workspace_reason=None))
+        verdict = budget.judge(self.config.budget, self.accounts.spend(), now, self.budget.marks)
+        for warning in verdict.warnings:
+            event(log, "budget_warning", "%s", warning.text(), level=logging.WARNING)
+            self.notifier.push(
+                Push(
+                    f"relay: {warning.fraction:.0%} of the {warning.budget} budget",
+                    warning.text(),
+                    "default",
+                    ("moneybag",),
+                )
+            )
+        block = verdict.block
+        if block is not None and block.mark not in self.budget.marks:
+            event(log, "budget_blocked", "%s", block.detail(), level=logging.ERROR)
+            self.notifier.push(
+                Push(
+                    f"relay paused: {block.budget} budget reached",
+                    f"{block.detail()}.\nMessages wait, nothing is lost; direct @session-N: "
+                    "messages still go through.",
+                    "high",
+                    ("moneybag", "warning"),
+                )
+            )
+        elif block is None and self.budget_block is not None:
+            event(log, "budget_resumed", "within budget again; API calls resume")
+        self.budget_block = block
+        current = {
+            p.label
+            for name, _ in budget.caps(self.config.budget)
+            for p in [budget.period(name, now, self.config.budget.zone)]
+        }
+        kept = {m for m in self.budget.marks if any(f":{label}:" in m for label in current)}
+        marks = frozenset(kept | verdict.marks)
+        if marks != self.budget.marks:
+            self._save_budget(replace(self.budget, marks=marks))
+
+    def _save_budget(self, state: budget_state.BudgetState) -> None:
+        self.budget = state
+        try:
+            budget_state.save(self.layout.budget_state, state)
+        except OSError as exc:  # kept in memory; at worst a restart pushes a warning again
+            log.warning("cannot write %s: %s", self.layout.budget_state, exc)
+
+    def _workspace_limited(self, call: Call, exc: ApiError, until: datetime) -> None:
+        """The Console's workspace limit: no call until the date it names, one push, and
+        the item waits (it is not this item's fault)."""
+        reason = "the workspace API usage limit (set in the Anthropic Console) is reached"
+        first = self.budget.workspace_until is None
+        self._save_budget(replace(self.budget, workspace_until=until, workspace_reason=reason))
+        event(
+            log,
+            "api_error",
+            "API call for %s refused: %s; no calls until %s",
+            call.key,
+            exc.message,
+            iso(until),
+            envelope=call.key,
+            level=logging.ERROR,
+        )
+        if first:
+            self.notifier.push(
+                Push(
+                    "relay is blocked: workspace usage limit",
+                    f"{exc.message}\nrelay makes no API call until {until:%Y-%m-%d %H:%M} UTC. "
+                    "Raise the limit in the Console, then run relay reload, to resume sooner. "
+                    "Messages wait; nothing is lost.",
+                    "high",
+                    ("warning",),
+                )
+            )
+
     # ---- summarization ----------------------------------------------------------------
 
     def _summarize(self, force: bool = False) -> bool:
@@ -751,6 +896,9 @@ class Engine:
             return "blocked", self.keys.help
         if self.backoff.blocked:
             return "blocked", self.backoff.blocked
+        reason = self.calls_blocked()
+        if reason is not None:
+            return "blocked", reason
         now = self.monotonic()
         if not self.backoff.ready(now):
             return "backoff", f"retrying in {self.backoff.delay(now):.0f}s"
@@ -781,6 +929,8 @@ class Engine:
             inbox=len(self.spool.items()),
             last_error=self.last_error,
             cost_today_usd=self.accounts.today_usd,
+            cost_month_usd=self.accounts.month_usd,
+            budget=self._budget_status(),
             calls_today=self.accounts.calls_today,
             api_key=self.api is not None,
             api_key_help=self.keys.help or None,

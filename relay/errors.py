@@ -1,5 +1,9 @@
 """The one error base class: its message is meant for the user, shown without a traceback."""
 
+from __future__ import annotations
+
+from datetime import datetime
+
 
 class RelayError(Exception):
     """An expected failure with a message fit to show the operator."""
@@ -54,6 +58,8 @@ class ApiError(RelayError):
       know); retrying other items would fail the same way.
 
     `status` is the HTTP status, or None when no answer came (network, time-out).
+    `blocked_until` is when a blocking refusal says access returns (the workspace's usage
+    limit names the date): nothing is tried before then.
     """
 
     def __init__(
@@ -65,6 +71,7 @@ class ApiError(RelayError):
         status: int | None = None,
         per_item: bool = False,
         context_overflow: bool = False,
+        blocked_until: datetime | None = None,
     ) -> None:
         super().__init__(message)
         per_item = per_item or context_overflow
@@ -75,6 +82,7 @@ class ApiError(RelayError):
         self.status = status
         self.per_item = per_item
         self.context_overflow = context_overflow
+        self.blocked_until = blocked_until
 
     @property
     def blocked(self) -> bool:

@@ -106,6 +106,11 @@ class Layout:
         # Phone answers the conversation has taken, by ntfy message id (relay/engine.py).
         return self.state / "answers-applied.json"
 
+    @property
+    def budget_state(self) -> Path:
+        # Budget pushes already sent, and a workspace limit's end (relay/budget_state.py).
+        return self.state / "budget.json"
+
     def session_dir(self, session: str) -> Path:
         return self.dispatch / session
 

@@ -1,14 +1,20 @@
-"""The cost ledger: one JSON line per API call with its usage and estimated cost."""
+"""The cost ledger: one JSON line per API call with its usage and estimated cost.
+
+Append-only: a call adds one line and nothing is ever rewritten, so a crash can tear at
+most the last line, and reading it back skips what does not parse."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from relay.fsutil import write_all
 from relay.layout import PRIVATE_FILE_MODE
 
 
@@ -17,56 +23,77 @@ def utc_now() -> datetime:
 
 
 def iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso(text: str) -> datetime | None:
+    """An aware datetime from what `iso` wrote (or any ISO 8601 time); None if it is not one.
+    A time without a zone is taken as UTC, the zone relay writes."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 @dataclass
 class CostTotals:
-    day: str = ""
+    """Spend in the current day and month (in the budget's zone) and in all."""
+
+    zone: ZoneInfo
+    day: str = ""  # 2026-12-02, local to `zone`
+    month: str = ""  # 2026-12
     today_usd: float = 0.0
     calls_today: int = 0
+    month_usd: float = 0.0
     total_usd: float = 0.0
 
-    def add(self, day: str, cost: float) -> None:
+    def roll(self, now: datetime) -> None:
+        local = now.astimezone(self.zone)
+        day, month = local.strftime("%Y-%m-%d"), local.strftime("%Y-%m")
         if day != self.day:
             self.day, self.today_usd, self.calls_today = day, 0.0, 0
-        self.today_usd += cost
-        self.calls_today += 1
-        self.total_usd += cost
+        if month != self.month:
+            self.month, self.month_usd = month, 0.0
 
-    def roll(self, day: str) -> None:
-        if day != self.day:
-            self.day, self.today_usd, self.calls_today = day, 0.0, 0
+    def add(self, moment: datetime, cost: float) -> None:
+        """Count one call made at `moment`; calls before the current period (an old ledger
+        line) count in the total only."""
+        local = moment.astimezone(self.zone)
+        if local.strftime("%Y-%m-%d") == self.day:
+            self.today_usd += cost
+            self.calls_today += 1
+        if local.strftime("%Y-%m") == self.month:
+            self.month_usd += cost
+        self.total_usd += cost
 
 
 class Ledger:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.totals = CostTotals()
 
-    def load(self, today: str) -> CostTotals:
-        self.totals = CostTotals(day=today)
+    def costs(self) -> Iterator[tuple[datetime, float]]:
+        """(time, cost) of every call the ledger holds; damaged lines are skipped (the
+        report, `relay costs`, lists them)."""
         try:
-            with open(self.path, encoding="utf-8") as handle:
+            with open(self.path, encoding="utf-8", errors="replace") as handle:
                 for line in handle:
                     try:
                         entry = json.loads(line)
                         cost = float(entry.get("cost_usd") or 0.0)
-                    except (ValueError, AttributeError):
-                        continue  # a torn last line costs us one entry of accounting only
-                    self.totals.total_usd += cost
-                    if str(entry.get("ts", "")).startswith(today):
-                        self.totals.today_usd += cost
-                        self.totals.calls_today += 1
+                        moment = parse_iso(entry["ts"])
+                    except (ValueError, AttributeError, KeyError, TypeError, RecursionError):
+                        continue
+                    if moment is not None:
+                        yield moment, cost
         except FileNotFoundError:
-            pass
-        return self.totals
+            return
 
-    def record(self, entry: dict[str, Any], day: str) -> None:
+    def record(self, entry: dict[str, Any]) -> None:
         line = json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n"
+        # One write(2) of one line with O_APPEND: lines never interleave or get rewritten.
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
         try:
-            os.write(fd, line.encode("utf-8"))
+            write_all(fd, line.encode("utf-8"))
         finally:
             os.close(fd)
-        self.totals.add(day, float(entry.get("cost_usd") or 0.0))

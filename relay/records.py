@@ -206,6 +206,27 @@ class LedgerEntry:
 
 
 @dataclass(frozen=True)
+class BudgetStatus:
+    """The budgets as status.json shows them: the caps, what was spent against them, and
+    why calls are blocked (a cap reached, the workspace's limit), if they are."""
+
+    daily_usd: float | None
+    monthly_usd: float | None
+    timezone: str
+    blocked: str | None  # the budget that stopped calls: daily, monthly or workspace
+    resets_at: str | None  # ISO UTC: when calls start again by themselves
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "daily_usd": self.daily_usd,
+            "monthly_usd": self.monthly_usd,
+            "timezone": self.timezone,
+            "blocked": self.blocked,
+            "resets_at": self.resets_at,
+        }
+
+
+@dataclass(frozen=True)
 class Status:
     """One snapshot of the service, taken once per loop: state/status.json and STATUS=."""
 
@@ -228,9 +249,13 @@ class Status:
     model: str
     pid: int
     updated_at: str
+    cost_month_usd: float = 0.0
+    budget: BudgetStatus | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "cost_month_usd": round(self.cost_month_usd, 6),
+            "budget": self.budget.to_json() if self.budget else None,
             "state": self.state,
             "state_detail": self.state_detail,
             "last_dispatch_session": self.last_dispatch_session,

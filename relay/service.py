@@ -25,6 +25,7 @@ from inotify_simple import flags as in_flags
 
 from relay import intake, systemd
 from relay.api import AnthropicApi, MessagesApi
+from relay.clock import wall_clock
 from relay.config import Config, find_ntfy_token
 from relay.engine import ApiFactory, Engine
 from relay.errors import RelayError
@@ -89,6 +90,7 @@ class Service:
             api_factory,
             self.notifier,
             self.environ,
+            wall=wall_clock(self.environ),
             answer_url=answer_url,
         )
         # `relay run` does everything in one process, the answer subscriber too (on a

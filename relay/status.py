@@ -124,6 +124,16 @@ def format_status(status: dict[str, Any], health: dict[str, str] | None) -> str:
         f"cost today:     ${float(status.get('cost_today_usd') or 0):.4f} "
         f"({status.get('calls_today', 0)} calls)"
     )
+    budget = status.get("budget")
+    if isinstance(budget, dict) and (budget.get("daily_usd") or budget.get("monthly_usd")):
+        month = float(status.get("cost_month_usd") or 0)
+        caps = []
+        if budget.get("daily_usd"):
+            today = float(status.get("cost_today_usd") or 0)
+            caps.append(f"${today:.2f} of ${budget['daily_usd']:.2f} today")
+        if budget.get("monthly_usd"):
+            caps.append(f"${month:.2f} of ${budget['monthly_usd']:.2f} this month")
+        lines.append(f"budget:         {'; '.join(caps)} ({budget.get('timezone')})")
     if status.get("last_error"):
         lines.append(f"last error:     {status['last_error']}")
     lines.append(f"updated:        {status.get('updated_at', '?')} (pid {status.get('pid', '?')})")

@@ -342,6 +342,8 @@ def test_status_json_keys() -> None:
         "inbox": 3,
         "last_error": None,
         "cost_today_usd": 0.123457,  # rounded to 6 places
+        "cost_month_usd": 0.0,
+        "budget": None,
         "calls_today": 9,
         "api_key": True,
         "api_key_help": None,

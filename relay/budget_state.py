@@ -1,0 +1,55 @@
+"""state/budget.json: what the budgets have already told the operator (so a restart does
+not push the same warning again), and until when the Console's workspace limit refuses
+calls (so a restart does not spend a call to learn it again). Small, rewritten rarely:
+at a warning, a block, or a limit."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from relay import fsutil
+from relay.layout import PRIVATE_FILE_MODE
+from relay.ledger import iso, parse_iso
+
+log = logging.getLogger(__name__)
+MAX_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    marks: frozenset[str] = field(default_factory=frozenset)
+    workspace_until: datetime | None = None
+    workspace_reason: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "marks": sorted(self.marks),
+            "workspace_until": iso(self.workspace_until) if self.workspace_until else None,
+            "workspace_reason": self.workspace_reason,
+        }
+
+
+def load(path: Path) -> BudgetState:
+    """The saved state; a missing or damaged file is an empty one (at worst a warning is
+    pushed twice, or one call learns the limit again)."""
+    try:
+        raw = json.loads(fsutil.read_regular(path, MAX_BYTES))
+        marks = frozenset(m for m in raw.get("marks", []) if isinstance(m, str))
+        until_text = raw.get("workspace_until")
+        until = parse_iso(until_text) if isinstance(until_text, str) else None
+        reason = raw.get("workspace_reason")
+        return BudgetState(marks, until, reason if isinstance(reason, str) else None)
+    except FileNotFoundError:
+        return BudgetState()
+    except (OSError, ValueError, AttributeError, TypeError, RecursionError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return BudgetState()
+
+
+def save(path: Path, state: BudgetState) -> None:
+    data = json.dumps(state.to_json(), indent=1).encode() + b"\n"
+    fsutil.atomic_write(path, data, PRIVATE_FILE_MODE)
