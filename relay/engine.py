@@ -520,9 +520,10 @@ class Engine:
 
     def _api_failed(self, call: Call, exc: ApiError) -> None:
         self.last_error = exc.message
-        if exc.blocked_until is not None:
+        if exc.blocked_until is not None and exc.blocked_until > self.wall():
             self._workspace_limited(call, exc, exc.blocked_until)
             return
+        # (A date already past, or none: blocked like any refusal, tried every 5 minutes.)
         who = call.sender.session
         if exc.transient:
             self.backoff = self.backoff.failed(self.monotonic(), exc.retry_after, random.random())

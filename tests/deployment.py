@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import yaml
 
 from tests.relayproc import RelayProcess, wait_for
+from relay.clock import TEST_CLOCK_ENV
 from tests.standin.api import StandinAPI
 from tests.standin.ntfy import StandinNtfy
 
@@ -157,6 +158,23 @@ class Deployment(abc.ABC):
     def environments(self) -> list[str]:
         """The environment of every relay process now running (NUL-separated, as in
         /proc/PID/environ), and under systemd every relay unit's Environment= too."""
+
+    @abc.abstractmethod
+    def use_test_clock(self) -> None:
+        """Restart the conversation with its wall clock read through a test-clock file
+        (RELAY_TEST_CLOCK_FILE, see relay/clock.py), running 0 s ahead until shift_clock."""
+
+    def shift_clock(self, seconds: float) -> None:
+        """From now on relay's wall clock runs `seconds` ahead (use_test_clock first)."""
+        self.write_absolute(self.clock_file, f"{seconds}\n".encode())
+
+    @property
+    @abc.abstractmethod
+    def clock_file(self) -> str: ...
+
+    @abc.abstractmethod
+    def write_absolute(self, path: str, data: bytes) -> None:
+        """Write a file anywhere on relay's machine (as root)."""
 
     @abc.abstractmethod
     def set_key(self, key: str) -> None:
@@ -349,6 +367,19 @@ class Foreground(Deployment):
     def environments(self) -> list[str]:
         pid = self.service_pid()
         return [Path(f"/proc/{pid}/environ").read_text(errors="replace")] if pid else []
+
+    @property
+    def clock_file(self) -> str:
+        return str(self.directory / "clock")
+
+    def write_absolute(self, path: str, data: bytes) -> None:
+        Path(path).write_bytes(data)
+
+    def use_test_clock(self) -> None:
+        Path(self.clock_file).unlink(missing_ok=True)
+        self.stop()
+        self.relay.env[TEST_CLOCK_ENV] = self.clock_file
+        self.start()
 
     def set_key(self, key: str) -> None:
         """A `.env` beside the config: read again every few seconds, no restart needed."""

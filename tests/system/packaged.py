@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from relay.clock import TEST_CLOCK_ENV
 from tests.deployment import DEFAULT_KEY, PROGRAMS, Deployment, Event
 from tests.standin.api import StandinAPI
 from tests.standin.ntfy import StandinNtfy
@@ -46,6 +47,9 @@ RELAY_UNITS = (
 NTFY_TOKEN_PATH = "/etc/credstore/relay.ntfy-token"
 PROGRAM_DIR = "/usr/local/lib/relay-test"
 SCRATCH = "/root/relay-test"
+# The test clock (relay/clock.py): a drop-in points the conversation at this file.
+TEST_CLOCK_FILE = "/etc/relay/test-clock"
+TEST_CLOCK_DROPIN = f"/etc/systemd/system/{CONVERSATION}.d/test-clock.conf"
 
 
 class Packaged(Deployment):
@@ -70,6 +74,9 @@ class Packaged(Deployment):
         # the start limits, which every manual start counts against.
         self.c.systemctl("stop", *RELAY_UNITS)
         self.c.systemctl("reset-failed", *RELAY_UNITS)
+        if self.c.exists(TEST_CLOCK_DROPIN):  # left by use_test_clock
+            self.c.run(["rm", "-f", TEST_CLOCK_DROPIN, TEST_CLOCK_FILE])
+            self.c.systemctl("daemon-reload")
         self.c.run(["rm", "-rf", f"{DATA}/queue", f"{DATA}/dispatch", f"{DATA}/state", SCRATCH])
         self.c.run(["systemd-tmpfiles", "--create", "/usr/lib/tmpfiles.d/relay.conf"])
         settings = self.config(**config)
@@ -202,6 +209,22 @@ class Packaged(Deployment):
             unit = name.replace("@.", f"@{CONVERSATION}.")  # an instance loads its template
             found.append(self.c.systemctl("show", "-p", "Environment", unit).stdout)
         return found
+
+    @property
+    def clock_file(self) -> str:
+        return TEST_CLOCK_FILE
+
+    def write_absolute(self, path: str, data: bytes) -> None:
+        self.c.write_file(path, data, mode=0o644, owner="root:root")
+
+    def use_test_clock(self) -> None:
+        self.c.run(["rm", "-f", TEST_CLOCK_FILE])
+        self.c.write_file(
+            TEST_CLOCK_DROPIN, f"[Service]\nEnvironment={TEST_CLOCK_ENV}={TEST_CLOCK_FILE}\n"
+        )
+        self.c.systemctl("daemon-reload")
+        self.c.systemctl("restart", CONVERSATION)
+        wait_ready(self.c)
 
     def set_key(self, key: str) -> None:
         """Into the credstore, then a restart: the credential is copied when the unit starts."""
