@@ -28,8 +28,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tests.relayproc import RelayProcess, wait_for
 from relay.clock import TEST_CLOCK_ENV
+from tests.relayproc import RelayProcess, wait_for
 from tests.standin.api import StandinAPI
 from tests.standin.ntfy import StandinNtfy
 

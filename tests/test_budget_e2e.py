@@ -44,9 +44,7 @@ def spend_to_the_cap(deployment: Deployment, api: StandinAPI) -> None:
 def test_budget_warns_blocks_and_resumes_at_the_boundary(
     deployment: Deployment, api: StandinAPI, ntfy: StandinNtfy
 ) -> None:
-    deployment.reset(
-        budget={"daily_usd": 0.3, "warn_at": [0.5], "timezone": "UTC"}, prices=PRICES
-    )
+    deployment.reset(budget={"daily_usd": 0.3, "warn_at": [0.5], "timezone": "UTC"}, prices=PRICES)
     deployment.use_test_clock()
     spend_to_the_cap(deployment, api)
     status = deployment.wait_status(lambda s: s["state"] == "blocked")
