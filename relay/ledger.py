@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from relay.layout import PRIVATE_FILE_MODE
+from relay.layout import OPERATOR_FILE_MODE
 
 
 def utc_now() -> datetime:
@@ -64,8 +65,12 @@ class Ledger:
 
     def record(self, entry: dict[str, Any], day: str) -> None:
         line = json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n"
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
+        # 0640 like status.json: state/ is setgid relay-operators, so members read it
+        # (`relay costs` without sudo). It holds usage and cost, never the conversation.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, OPERATOR_FILE_MODE)
         try:
+            if stat.S_IMODE(os.fstat(fd).st_mode) != OPERATOR_FILE_MODE:
+                os.fchmod(fd, OPERATOR_FILE_MODE)  # the units' UMask=0077 narrowed it
             os.write(fd, line.encode("utf-8"))
         finally:
             os.close(fd)
