@@ -468,7 +468,7 @@ def _summary(report: Report) -> list[str]:
     if total.unpriced_calls:
         lines.append(
             f"unknown price: {total.unpriced_calls} call(s) of a model with no price "
-            "(add it under prices:) count $0 and save nothing here"
+            "counted at $0 (add it under prices:)"
         )
     lines.append(_period_line("month to date", report.month_to_date, "budget.monthly_usd"))
     lines.append(_period_line("today", report.today, "budget.daily_usd"))
