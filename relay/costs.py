@@ -252,6 +252,8 @@ def parse_ts(ts: str) -> datetime:
         moment = datetime.fromisoformat(ts)
     except ValueError:
         raise ValueError(f"ts {ts!r} is not an ISO time") from None
+    if not 1 < moment.year < 9999:  # no zone may move it out of datetime's range
+        raise ValueError(f"ts {ts!r} is out of range")
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
@@ -335,7 +337,7 @@ def build(
     budget = config.budget
     return Report(
         by=query.by,
-        timezone=budget.timezone,
+        timezone=zone.key,
         since=query.since,
         until=query.until,
         rows=tuple(rows),

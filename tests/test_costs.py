@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -215,7 +216,7 @@ def test_damaged_lines_are_reported_by_number_and_the_rest_counted(ledger: Path)
         good[0],
         b"this is not json\n",  # line 2
         json.dumps(bad_usage).encode() + b"\n",  # 3
-        b'{"ts": "2026-04-01T00:00:00Z", "kind": "turn", "cost_usd": NaN}\n',  # 4
+        json.dumps(dict(A.to_json(), cost_usd=math.nan)).encode() + b"\n",  # 4: NaN
         good[1],
         b"[1, 2]\n",  # 6
         json.dumps(dict(A.to_json(), ts="yesterday")).encode() + b"\n",  # 7
@@ -225,29 +226,32 @@ def test_damaged_lines_are_reported_by_number_and_the_rest_counted(ledger: Path)
         b"x" * (costs.MAX_LINE + 10) + b"\n",  # 11
         good[2],
         good[3],
-        good[0][:40],  # 14: torn, as a crash mid-write leaves it
+        json.dumps(dict(A.to_json(), ts="9999-12-31T23:59:59+00:00")).encode() + b"\n",  # 14
+        good[0][:40],  # 15: torn, as a crash mid-write leaves it
     ]
     ledger.write_bytes(b"".join(damaged))
     got = report(ledger)
     assert [(d.line, d.reason) for d in got.damaged] == [
         (2, "not JSON"),
         (3, "usage.input_tokens is not a token count"),
-        (4, "usage is not an object"),
+        (4, "cost_usd is not a non-negative number"),
         (6, "not an object"),
         (7, "ts 'yesterday' is not an ISO time"),
         (8, "cost_usd is not a non-negative number"),
         (9, "not UTF-8"),
         (11, f"longer than {costs.MAX_LINE} bytes"),
-        (14, "incomplete last line (a write cut short)"),
+        (14, "ts '9999-12-31T23:59:59+00:00' is out of range"),
+        (15, "incomplete last line (a write cut short)"),
     ]
     assert got.total.calls == 4 and got.total.cost_usd == pytest.approx(0.033155)
     out, err = costs.render_text(got)
     assert "Total" in out
     assert (
-        err.splitlines()[0] == "relay: 9 damaged ledger lines skipped (the report counts the rest):"
+        err.splitlines()[0]
+        == "relay: 10 damaged ledger lines skipped (the report counts the rest):"
     )
-    assert "relay:   line 14: incomplete last line (a write cut short)" in err.splitlines()
-    assert [d["line"] for d in got.to_json()["damaged"]] == [2, 3, 4, 6, 7, 8, 9, 11, 14]
+    assert "relay:   line 15: incomplete last line (a write cut short)" in err.splitlines()
+    assert [d["line"] for d in got.to_json()["damaged"]] == [2, 3, 4, 6, 7, 8, 9, 11, 14, 15]
 
 
 def test_a_ledger_from_an_older_release_is_read_with_defaults(tmp_path: Path) -> None:
