@@ -46,9 +46,10 @@ class Accounting:
     ) -> float:
         """Price and record one answered call; returns its cost (0.0 for an unknown model)."""
         config = self.config
-        price = price_for(reply.model or config.model, config.prices) or price_for(
-            config.model, config.prices
-        )
+        own = price_for(reply.model or config.model, config.prices)
+        # A model the table does not know is estimated at the configured model's price, and
+        # the entry says it is an estimate (price_known false).
+        price = own or price_for(config.model, config.prices)
         cost = cost_usd(reply.usage, price) if price else 0.0
         now = self.wall()
         entry = LedgerEntry(
@@ -61,7 +62,7 @@ class Accounting:
             stop_reason=reply.stop_reason,
             usage=reply.usage,
             cost_usd=cost,
-            price_known=price is not None,
+            price_known=own is not None,
         )
         try:
             self.ledger.record(entry.to_json())

@@ -24,7 +24,7 @@ from relay.layout import Layout
 
 REPLY_WAIT_S = 10.0
 OPERATOR_HINT = (
-    "relay status, topic and reply are for root and the relay-operators group: "
+    "relay status, costs, topic and reply are for root and the relay-operators group: "
     "sudo usermod -aG relay-operators $USER, then log in again"
 )
 
@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("subscribe", parents=[common], help="take answers from the phone (systemd unit)")
     status = sub.add_parser("status", parents=[common], help="show state, pending, cost")
     status.add_argument("--json", action="store_true", help="print status.json as JSON")
+    costs = sub.add_parser("costs", parents=[common], help="what the API calls cost, and where")
+    costs.add_argument("--since", metavar="DATE", help="from this day on (YYYY-MM-DD)")
+    costs.add_argument("--until", metavar="DATE", help="up to and including this day")
+    costs.add_argument(
+        "--by", choices=["day", "session", "model", "kind"], default="day", help="one row per"
+    )
+    costs.add_argument("--json", action="store_true", help="the report as JSON")
     sub.add_parser(
         "topic", parents=[common], help="print the ntfy topics, and where to subscribe and answer"
     )
@@ -159,6 +166,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return _intake(config, args.what, args.linger)
     if command == "status":
         return _status(config, as_json=args.json)
+    if command == "costs":
+        return _costs(config, args)
     if command == "topic":
         return _topic(config)
     if command == "submit":
@@ -292,6 +301,26 @@ def _status(config: Config, *, as_json: bool) -> int:
         print(json.dumps(current, indent=2, sort_keys=True, ensure_ascii=False))
     else:
         print(status_file.format_status(current, health))
+    return 0
+
+
+def _costs(config: Config, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from relay import costs
+
+    try:
+        since = costs.parse_date(args.since, "--since") if args.since else None
+        until = costs.parse_date(args.until, "--until") if args.until else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if since and until and since > until:
+        raise UsageError(f"--since {since} is after --until {until}")
+    query = costs.Query(args.by, since, until, config.budget.zone)
+    report = costs.read_ledger(Layout(config.data_dir).ledger, query, config, datetime.now(UTC))
+    out, err = costs.render_text(report)
+    sys.stdout.write(costs.render_json(report) if args.json else out)
+    sys.stderr.write(err)  # damaged lines: in the JSON too, and said on stderr either way
     return 0
 
 

@@ -497,10 +497,14 @@ def _prices(raw: Mapping[str, Any], check: _Checker) -> dict[str, Price]:
         if "input" not in values or "output" not in values:
             check.fail(key, "needs at least input and output")
             continue
+        # Missing cache prices keep a known model's own multipliers (some read at 0.05x or
+        # 0.025x), else the standard ones.
+        known = DEFAULT_PRICES.get(str(model))
+        read_ratio = known.cache_read / known.input if known and known.input else 0.1
         derive: dict[str, Callable[[float], float]] = {
             "cache_write": lambda p: p * 1.25,
             "cache_write_1h": lambda p: p * 2.0,
-            "cache_read": lambda p: p * 0.1,
+            "cache_read": lambda p, ratio=read_ratio: p * ratio,  # type: ignore[misc]
         }
         for name, rule in derive.items():
             values.setdefault(name, rule(values["input"]))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,7 +16,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from relay.fsutil import write_all
-from relay.layout import PRIVATE_FILE_MODE
+from relay.layout import OPERATOR_FILE_MODE
+from relay.records import decode_ledger_entry
 
 
 def utc_now() -> datetime:
@@ -79,21 +81,23 @@ class Ledger:
             with open(self.path, encoding="utf-8", errors="replace") as handle:
                 for line in handle:
                     try:
-                        entry = json.loads(line)
-                        cost = float(entry.get("cost_usd") or 0.0)
-                        moment = parse_iso(entry["ts"])
-                    except (ValueError, AttributeError, KeyError, TypeError, RecursionError):
+                        entry = decode_ledger_entry(json.loads(line))
+                    except (ValueError, RecursionError):
                         continue
+                    moment = parse_iso(entry.ts)
                     if moment is not None:
-                        yield moment, cost
+                        yield moment, entry.cost_usd
         except FileNotFoundError:
             return
 
     def record(self, entry: dict[str, Any]) -> None:
         line = json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n"
-        # One write(2) of one line with O_APPEND: lines never interleave or get rewritten.
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
+        # 0640 like status.json: state/ is setgid relay-operators, so members read it
+        # (`relay costs` without sudo). It holds usage and cost, never the conversation.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, OPERATOR_FILE_MODE)
         try:
-            write_all(fd, line.encode("utf-8"))
+            if stat.S_IMODE(os.fstat(fd).st_mode) != OPERATOR_FILE_MODE:
+                os.fchmod(fd, OPERATOR_FILE_MODE)  # the units' UMask=0077 narrowed it
+            write_all(fd, line.encode("utf-8"))  # one line, appended
         finally:
             os.close(fd)

@@ -202,6 +202,59 @@ class LedgerEntry:
         }
 
 
+USAGE_KEYS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "cache_read_tokens",
+)
+
+
+def decode_ledger_entry(raw: Any) -> LedgerEntry:
+    """A ledger line's object as an entry; ValueError names what is wrong. Older releases
+    wrote no 1 h writes and no `price_known`: those take 0 and True. A token count or a cost
+    that is not a non-negative number is refused rather than read as 0, so a report never
+    quietly undercounts a damaged line."""
+    if not isinstance(raw, dict):
+        raise ValueError("not an object")
+    kind = raw.get("kind")
+    if kind not in ("turn", "summary"):
+        raise ValueError(f"unknown kind {kind!r}")
+    usage = raw.get("usage")
+    if not isinstance(usage, dict):
+        raise ValueError("usage is not an object")
+    counts: dict[str, int] = {}
+    for name in USAGE_KEYS:
+        value = usage.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"usage.{name} is not a token count")
+        counts[name] = value
+    cost = raw.get("cost_usd")
+    if (
+        isinstance(cost, bool)
+        or not isinstance(cost, int | float)
+        or not math.isfinite(cost)
+        or cost < 0
+    ):
+        raise ValueError("cost_usd is not a non-negative number")
+    known = raw.get("price_known", True)
+    if not isinstance(known, bool):
+        raise ValueError("price_known is not true or false")
+    return LedgerEntry(
+        ts=_str(raw, "ts"),
+        kind="turn" if kind == "turn" else "summary",
+        key=_str(raw, "key"),
+        sender=Sender.from_wire(_str(raw, "session")),
+        model=_str(raw, "model"),
+        request_id=_opt_str(raw, "request_id"),
+        stop_reason=_opt_str(raw, "stop_reason"),
+        usage=Usage(**counts),
+        cost_usd=float(cost),
+        price_known=known,
+    )
+
+
 # ---- status ------------------------------------------------------------------------------
 
 

@@ -632,3 +632,20 @@ def test_absurdly_nested_or_long_yaml_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(digits)
     assert caught.value.problems[0].startswith("not a relay config: ")
+
+
+def test_a_price_override_keeps_the_models_own_cache_read_ratio() -> None:
+    # claude-opus-5-5 reads from the cache at 0.05x: overriding only input and output must
+    # not quietly double its read price; an unknown model takes the standard 0.1x.
+    config = parse_config(
+        {
+            "sessions": ["s1"],
+            "prices": {
+                "claude-opus-5-5": {"input": 8, "output": 40},
+                "claude-new-1": {"input": 8, "output": 40},
+            },
+        }
+    )
+    assert config.prices["claude-opus-5-5"].cache_read == pytest.approx(0.4)
+    assert config.prices["claude-new-1"].cache_read == pytest.approx(0.8)
+    assert config.prices["claude-new-1"].cache_write_1h == pytest.approx(16.0)

@@ -153,3 +153,47 @@ def test_exact_id_wins_over_a_prefix() -> None:
     table = {"m": Price.standard(1.0, 1.0), "m-1": Price.standard(2.0, 2.0)}
     assert price_for("m-1", table) is table["m-1"]
     assert price_for("m-2", table) is table["m"]
+
+
+# Read multipliers differ by model; writes are 1.25x (5 m) and 2x (1 h) for all of them.
+READ_RATIOS = {
+    "claude-opus-5-5": 0.05,
+    "claude-sonnet-5-5": 0.05,
+    "claude-fable-5-2": 0.025,
+    "claude-fable-5-1": 0.025,
+    "claude-mythos-5-1": 0.025,
+}
+
+
+@pytest.mark.parametrize("model", sorted(DEFAULT_PRICES))
+def test_each_model_s_cache_multipliers(model: str) -> None:
+    price = DEFAULT_PRICES[model]
+    assert price.cache_write == pytest.approx(price.input * 1.25)
+    assert price.cache_write_1h == pytest.approx(price.input * 2.0)
+    assert price.cache_read == pytest.approx(price.input * READ_RATIOS.get(model, 0.1))
+
+
+def test_an_api_usage_with_1h_writes_on_a_005_read_model_to_dollars() -> None:
+    # What the API reports for a turn that wrote the prefix to the 1 h cache and the new
+    # turn to the 5 m one, priced on a dated claude-opus-5-5 ($4 in, $20 out): 5 m writes
+    # $5, 1 h writes $8, reads $0.20 (0.05x, not the usual 0.1x).
+    usage = Usage.from_api(
+        {
+            "input_tokens": 3,
+            "output_tokens": 500,
+            "cache_creation_input_tokens": 30_000,
+            "cache_read_input_tokens": 200_000,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": 1_000,
+                "ephemeral_1h_input_tokens": 29_000,
+            },
+        }
+    )
+    assert usage == Usage(3, 500, 1_000, 29_000, 200_000)
+    price = price_for("claude-opus-5-5-20261101", DEFAULT_PRICES)
+    assert price is DEFAULT_PRICES["claude-opus-5-5"]
+    expected = (3 * 4 + 500 * 20 + 1_000 * 5 + 29_000 * 8 + 200_000 * 0.2) / MILLION
+    assert cost_usd(usage, price) == pytest.approx(expected, abs=1e-12)
+    # Billed as if all writes were 5 m, the same call would have looked cheaper.
+    as_5m = Usage(3, 500, 30_000, 0, 200_000)
+    assert cost_usd(as_5m, price) < cost_usd(usage, price)

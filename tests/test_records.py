@@ -22,6 +22,7 @@ from relay.records import (
     Status,
     Summary,
     Turn,
+    decode_ledger_entry,
     decode_record,
     session,
 )
@@ -294,6 +295,40 @@ def test_ledger_entry_names_a_session_and_the_operator_by_their_wire_names() -> 
     assert entry(session("session-3"))["session"] == "session-3"
     assert entry(OPERATOR)["session"] == "operator"
     assert entry(OPERATOR)["request_id"] is None
+
+
+def test_ledger_entry_round_trips_through_its_decoder() -> None:
+    entry = LedgerEntry(
+        "2026-05-02T00:00:00.000000Z", "turn", "k", SESSION_1, "claude-opus-5-5", "req", None,
+        Usage(1, 2, 3, 4, 5), 0.25, True,
+    )  # fmt: skip
+    assert decode_ledger_entry(json.loads(json.dumps(entry.to_json()))) == entry
+    old = entry.to_json()  # as older releases wrote it: no 1 h writes, no price_known
+    del old["price_known"], old["usage"]["cache_write_1h_tokens"]
+    decoded = decode_ledger_entry(old)
+    assert decoded.price_known and decoded.usage == Usage(1, 2, 3, 0, 5)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"kind": "call"}, "unknown kind 'call'"),
+        ({"usage": None}, "usage is not an object"),
+        ({"usage": {"input_tokens": -1}}, "usage.input_tokens is not a token count"),
+        ({"usage": {"cache_read_tokens": True}}, "usage.cache_read_tokens is not a token count"),
+        ({"cost_usd": "0.1"}, "cost_usd is not a non-negative number"),
+        ({"cost_usd": math.inf}, "cost_usd is not a non-negative number"),
+        ({"price_known": "yes"}, "price_known is not true or false"),
+        ({"ts": 17}, "ts is not a string"),
+        ({"session": None}, "session is not a string"),
+    ],
+)
+def test_a_damaged_ledger_entry_is_refused_with_the_reason(
+    change: dict[str, Any], reason: str
+) -> None:
+    raw = LedgerEntry("t", "turn", "k", OPERATOR, "m", None, None, Usage(), 0.0, True).to_json()
+    with pytest.raises(ValueError, match=f"^{reason}$"):
+        decode_ledger_entry({**raw, **change})
 
 
 # ---- status ------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The relay-operators group, with the real package under a real systemd 252.
 
-Members run `relay status`, `relay topic` and `relay reply` without sudo; clients
+Members run `relay status`, `relay costs`, `relay topic` and `relay reply` without sudo; clients
 (relay-clients) and everyone else still cannot read state/, and no one but relay writes the
 history. Operators' replies go through operator/, which the jc handler moves to
 state/jc_input.txt one at a time; root's still go straight to state/jc_input.txt.
@@ -185,7 +185,9 @@ def drop_is_empty(c: Container) -> bool:
 # ----- modes --------------------------------------------------------------------------------
 
 
-def test_the_package_makes_the_group_and_opens_only_status_and_topic(fresh: Container) -> None:
+def test_the_package_makes_the_group_and_opens_only_status_topic_and_ledger(
+    fresh: Container,
+) -> None:
     c = fresh
     members = c.run(["getent", "group", "relay-operators"]).stdout.strip().split(":")[3]
     assert "relay" in members.split(","), members
@@ -196,8 +198,8 @@ def test_the_package_makes_the_group_and_opens_only_status_and_topic(fresh: Cont
     assert mode(c, TOPIC) == "640 relay:relay-operators"
     c.run(["relay", "submit", "--session", "session-1", "-"], input="a turn for the history")
     take(c, "session-1")
-    for private in (HISTORY, LEDGER):
-        assert mode(c, private).split()[0] == "600", private
+    assert mode(c, HISTORY).split()[0] == "600"
+    assert mode(c, LEDGER) == "640 relay:relay-operators"  # `relay costs`
     for private in ("inbox", "ids"):
         assert mode(c, f"{STATE}/{private}").split()[0].endswith("700"), private
 
@@ -216,6 +218,9 @@ def test_an_operator_runs_status_and_topic_without_sudo(fresh: Container) -> Non
         assert topic.returncode == 0, topic.stderr
         assert topic.stdout == c.run(["relay", "topic"]).stdout
         assert "topic:        relay-" in topic.stdout
+        costs = as_user(c, user, "relay", "costs")
+        assert costs.returncode == 0 and costs.stderr == "", costs.stderr
+        assert any(line.startswith("Total") for line in costs.stdout.splitlines()), costs.stdout
 
 
 def test_an_operator_answers_a_pause_and_messages_a_session(
@@ -325,7 +330,7 @@ def test_what_an_operator_leaves_that_is_no_reply_is_set_aside(fresh: Container)
 # ----- what they cannot do -------------------------------------------------------------------
 
 
-def test_operators_read_only_status_and_topic_and_write_nothing_in_state(
+def test_operators_read_only_status_topic_and_ledger_and_write_nothing_in_state(
     fresh: Container,
 ) -> None:
     c = fresh
@@ -333,7 +338,7 @@ def test_operators_read_only_status_and_topic_and_write_nothing_in_state(
         for cmd in (
             ["ls", STATE],
             ["cat", HISTORY],
-            ["cat", LEDGER],
+            ["sh", "-c", 'echo forged >> "$1"', "sh", LEDGER],
             ["ls", f"{STATE}/inbox"],
             ["touch", f"{STATE}/jc_input.txt"],
             ["touch", f"{STATE}/spool-serial"],
@@ -344,6 +349,7 @@ def test_operators_read_only_status_and_topic_and_write_nothing_in_state(
             assert denied(as_user(c, user, *cmd)), (user, cmd)
         assert as_user(c, user, "cat", STATUS).returncode == 0
         assert as_user(c, user, "cat", TOPIC).returncode == 0
+        assert as_user(c, user, "cat", LEDGER).returncode == 0
     assert c.exists(STATUS) and not c.exists(f"{STATE}/jc_input.txt")
 
 
@@ -356,11 +362,12 @@ def test_clients_and_others_cannot_read_state_or_reply(fresh: Container) -> None
             ["cat", STATUS],
             ["cat", HISTORY],
             ["cat", TOPIC],
+            ["cat", LEDGER],
             ["sh", "-c", 'echo forged >> "$1"', "sh", HISTORY],
             ["touch", f"{DROP}/reply"],
         ):
             assert denied(as_user(c, user, *cmd)), (user, cmd)
-        for cmd in (["relay", "status"], ["relay", "topic"]):
+        for cmd in (["relay", "status"], ["relay", "topic"], ["relay", "costs"]):
             line = one_line(as_user(c, user, *cmd))
             assert "permission denied" in line, line
             assert "sudo usermod -aG relay-operators $USER" in line, line
@@ -373,7 +380,7 @@ def test_clients_and_others_cannot_read_state_or_reply(fresh: Container) -> None
 # ----- upgrade --------------------------------------------------------------------------------
 
 
-def test_an_upgrade_from_a_private_state_opens_status_and_topic_to_operators(
+def test_an_upgrade_from_a_private_state_opens_status_topic_and_ledger_to_operators(
     relay_deb: Path, relay_deb_upgrade: Path, api: StandinAPI, ntfy: StandinNtfy
 ) -> None:
     with Container() as c:
@@ -391,7 +398,7 @@ def test_an_upgrade_from_a_private_state_opens_status_and_topic_to_operators(
         old_layout = (
             f'set -e; rmdir "{DROP}"; chown -R relay:relay "{STATE}"; chmod -R g-s "{STATE}"; '
             f'chmod 0700 "{STATE}"; '
-            f'chmod 0600 "{STATUS}" "{TOPIC}"; '
+            f'chmod 0600 "{STATUS}" "{TOPIC}" "{LEDGER}"; '
             f'python3 -c \'import os; os.removexattr("{DATA}", "system.posix_acl_access")\'; '
             "gpasswd -d relay relay-operators; groupdel relay-operators"
         )
@@ -412,6 +419,7 @@ def test_an_upgrade_from_a_private_state_opens_status_and_topic_to_operators(
         assert mode(c, DROP) == "3770 relay:relay-operators"
         assert mode(c, STATUS) == "640 relay:relay-operators"
         assert mode(c, TOPIC) == "640 relay:relay-operators"
+        assert mode(c, LEDGER) == "640 relay:relay-operators"
         assert mode(c, HISTORY) == "600 relay:relay"
         assert c.read_file(HISTORY) == history and c.read_file(TOPIC) == topic
 
