@@ -5,6 +5,7 @@ Console's workspace limit blocks until the date it names. End to end: test_budge
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,11 +14,13 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from relay import budget, budget_state
+from relay.api import ApiReply
 from relay.config import BudgetConfig, Config
 from relay.engine import Engine
 from relay.errors import ApiError
 from relay.layout import Layout
-from relay.prices import Price
+from relay.prices import Price, Usage
+from relay.records import session
 from relay.spool import operator_key
 from tests.test_engine import Clock, FakeApi, FakeNotifier, put_envelope
 
@@ -356,4 +359,15 @@ def test_a_reload_tries_again_before_the_workspace_limit_date(world: World) -> N
     assert engine.status()["state"] == "blocked"
     engine.reconfigure(uncapped)  # the operator raised the limit in the Console
     assert drain(engine, layout) == ["re: [from session-1]\nhi 1"]
+    engine.close()
+
+
+def test_an_unknown_models_call_is_estimated_and_says_so(world: World) -> None:
+    _, layout, api, _, _, _ = world
+    engine = start(world)
+    reply = ApiReply("re", Usage(10, 5), "claude-unknown-9", "end_turn", "req_9")
+    cost = engine.accounts.charge("turn", "k", session("session-1"), reply)
+    assert cost == pytest.approx(0.1)  # at the configured model's price
+    (line,) = [json.loads(x) for x in layout.ledger.read_text().splitlines()]
+    assert line["price_known"] is False and line["model"] == "claude-unknown-9"
     engine.close()
