@@ -363,7 +363,7 @@ def test_a_reload_tries_again_before_the_workspace_limit_date(world: World) -> N
 
 
 def test_an_unknown_models_call_is_estimated_and_says_so(world: World) -> None:
-    _, layout, api, _, _, _ = world
+    _, layout, _api, _, _, _ = world
     engine = start(world)
     reply = ApiReply("re", Usage(10, 5), "claude-unknown-9", "end_turn", "req_9")
     cost = engine.accounts.charge("turn", "k", session("session-1"), reply)
