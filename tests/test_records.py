@@ -15,6 +15,7 @@ from relay.prices import Usage
 from relay.records import (
     OPERATOR,
     RELAY,
+    BudgetStatus,
     Carried,
     LedgerEntry,
     Record,
@@ -406,3 +407,17 @@ def test_status_line() -> None:
     )
     idle = status(state="idle", state_detail="nothing to do", inbox=0, pending={})
     assert idle.line() == "idle (nothing to do); inbox 0, pending 0; $0.1235 today"
+
+
+def test_relay_status_shows_the_budgets_when_there_are_caps() -> None:
+    capped = status(
+        cost_today_usd=1.5,
+        cost_month_usd=12.25,
+        budget=BudgetStatus(2.0, 50.0, "Europe/Paris", None, None),
+    )
+    shown = status_file.format_status(capped.to_json(), None)
+    assert "budget:         $1.50 of $2.00 today; $12.25 of $50.00 this month (Europe/Paris)" in (
+        shown
+    )
+    uncapped = status(budget=BudgetStatus(None, None, "UTC", None, None))
+    assert "budget:" not in status_file.format_status(uncapped.to_json(), None)
