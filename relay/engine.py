@@ -47,7 +47,7 @@ from relay.layout import Layout
 from relay.ledger import Ledger, iso, utc_now
 from relay.log import event
 from relay.ntfy import Notifier, Push
-from relay.records import OPERATOR, RELAY, Record, Sender, Status, Turn, session
+from relay.records import OPERATOR, RELAY, Record, ReloadResult, Sender, Status, Turn, session
 from relay.spool import Refused, Spool, display, parse_item
 
 __all__ = ["ApiFactory", "Engine"]
@@ -134,6 +134,7 @@ class Engine:
         self._now = monotonic()
         self.reporter = status_file.StatusWriter(layout.status, monotonic)
         self.last_snapshot: Status | None = None  # the latest tick's
+        self.last_reload: ReloadResult | None = None  # status.json's (relay/service.py)
 
     # ---- start-up -------------------------------------------------------------------
 
@@ -161,6 +162,15 @@ class Engine:
             if not self._guarded(key, self._recover_item):
                 break
         self.keys.refresh(self._now, force=True)
+
+    def reconfigure(self, config: Config) -> None:
+        """Use `config` from now on (a reload; relay/reload.py has refused what cannot change
+        while relay runs). The new sessions' directories come first: if they cannot be
+        made (OSError), nothing has changed."""
+        self.layout.ensure_all(config.sessions)
+        self.config = config
+        self.accounts.config = config
+        self.keys.reconfigure(config)
 
     def _recover_item(self, key: str) -> bool:
         item = parse_item(key)
@@ -787,6 +797,7 @@ class Engine:
             model=self.config.model,
             pid=os.getpid(),
             updated_at=iso(self.wall()),
+            last_reload=self.last_reload,
         )
 
     def status_line(self) -> str:
