@@ -257,8 +257,6 @@ def _report_failed(layout: Layout, exc: StateError, restart: str) -> None:
 
 def _reload(args: argparse.Namespace) -> int:
     """Check the file, then have the running relay read it again (relay/reload.py)."""
-    import subprocess
-
     from relay import reload
     from relay.errors import ConfigError
 
@@ -277,22 +275,7 @@ def _reload(args: argparse.Namespace) -> int:
     else:
         how, pid = reload.find_target(layout)
         if how == "systemd":
-            done = subprocess.run(
-                ["systemctl", "reload", reload.CONVERSATION_UNIT],
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
-            )
-            _, shown = reload.last_reload(layout)
-            if done.returncode != 0 and (shown is None or shown.ok):
-                # Not refused by relay (no answer, a time-out): systemctl says what happened.
-                sys.stderr.write(done.stderr)
-                return 1
-            if shown is None:
-                print("relay: reloaded")
-                return 0
-            result = shown
+            result = reload.through_systemd(layout, pid)
         else:
             result = reload.signal_and_wait(layout, pid)
     if not result.ok:

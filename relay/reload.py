@@ -31,6 +31,9 @@ from relay.records import ReloadResult
 CONVERSATION_UNIT = "relay-conversation.service"
 WAIT_S = 30.0
 POLL_S = 0.05
+# A relay that is ready names itself in status.json within one loop turn; one that does not
+# by then writes another data directory (or none: a full disk).
+NAMED_WITHIN_S = 5.0
 
 # What a running relay cannot take on: the data directory holds its lock, history and
 # spool; the answer subscriber (relay-answers.service, a process of its own under systemd)
@@ -164,12 +167,20 @@ def signal_and_wait(
             f"not allowed to signal process {pid}: run relay reload as root or as the "
             "user relay runs as"
         ) from None
-    deadline = clock() + timeout_s
+    started = clock()
+    deadline = started + timeout_s
     while True:
         writer, result = last_reload(layout)
         if writer == pid and result is not None and result.seq > baseline:
             return result
-        if clock() >= deadline:
+        now = clock()
+        if writer != pid and now >= started + min(NAMED_WITHIN_S, timeout_s):
+            raise RelayError(
+                f"relay (pid {pid}) does not write {layout.status}, so data_dir in the "
+                f"configuration ({layout.root}) is not the directory it runs on; data_dir "
+                f"cannot change while relay runs: {RESTART_HINT}"
+            )
+        if now >= deadline:
             raise RelayError(
                 f"relay (pid {pid}) did not report the reload in {layout.status} within "
                 f"{timeout_s:g}s: is it stuck? See its log (journalctl -u {CONVERSATION_UNIT})"
@@ -217,7 +228,34 @@ def find_target(layout: Layout, run: Callable[[list[str]], Any] = _run) -> tuple
         # Through systemd, so that it tracks the reload (ExecReload= signals and waits).
         return "systemd", main
     raise RelayError(
-        f"relay is not running (no live relay process in {layout.status}, and "
-        f"{CONVERSATION_UNIT} is not active); the configuration is valid and is read "
-        "when relay starts"
+        f"relay is not running: no live relay process wrote {layout.status} (data_dir in "
+        f"the configuration), and {CONVERSATION_UNIT} is not active. The configuration is "
+        "valid; relay reads it when it starts (if relay runs on another data directory: "
+        f"data_dir cannot change while it runs, {RESTART_HINT})"
+    )
+
+
+def through_systemd(
+    layout: Layout, pid: int, run: Callable[[list[str]], Any] = _run
+) -> ReloadResult:
+    """`systemctl reload`, so that systemd tracks it: ExecReload= runs `relay reload --pid
+    $MAINPID`, whose exit code becomes systemctl's. The outcome is read from status.json,
+    which has the reasons; RelayError when there is none to read there."""
+    done = run(["systemctl", "reload", CONVERSATION_UNIT])
+    writer, shown = last_reload(layout)
+    if writer == pid and shown is not None and (done.returncode == 0 or not shown.ok):
+        return shown
+    said = " ".join(done.stderr.split()) if isinstance(done.stderr, str) else ""
+    if done.returncode == 0:
+        return ReloadResult(0, "", True)  # reloaded, though status.json cannot tell what
+    if writer != pid:
+        raise RelayError(
+            f"systemctl reload {CONVERSATION_UNIT} failed ({said or done.returncode}): relay "
+            f"(pid {pid}) does not write {layout.status}, so data_dir in the configuration is "
+            f"not the directory it runs on; data_dir cannot change while relay runs: "
+            f"{RESTART_HINT}"
+        )
+    raise RelayError(
+        f"systemctl reload {CONVERSATION_UNIT} failed ({said or done.returncode}); why: "
+        f"journalctl -u {CONVERSATION_UNIT}"
     )
