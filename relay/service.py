@@ -127,6 +127,9 @@ class Service:
                 self._apply(decision.config)
             except OSError as exc:  # the new sessions' directories: nothing has changed
                 errors.append(f"cannot create the new sessions' directories: {exc}")
+            except Exception as exc:  # a reload must never stop the service
+                log.exception("reload failed")
+                errors.append(f"relay failed applying it ({type(exc).__name__}: {exc})")
         self.reloads += 1
         engine = self.engine
         ok = not errors
@@ -151,15 +154,36 @@ class Service:
         return ok
 
     def _apply(self, config: Config) -> None:
-        old = self.config
-        self.engine.reconfigure(config)  # first: the one step that may fail
-        self.config = config
-        if config.ntfy != old.ntfy:
+        """Everything that may fail comes before the first change, so a failure leaves the
+        running configuration whole."""
+        retarget = config.ntfy != self.config.ntfy
+        topic: str | None = None
+        token: str | None = None
+        if retarget:
             # Only the push time-out can differ here (relay/reload.py refuses the rest); the
             # token is looked up again with it (a `.env` may have changed).
             topic = resolve_topic(config, self.layout) if config.ntfy.server else None
             token, _ = find_ntfy_token(config, self.environ)
+        self.engine.reconfigure(config)  # may fail first (the new sessions' directories)
+        self.config = config
+        if retarget:
             self.notifier.configure(topic, config.ntfy.timeout_s, token)
+
+    def _rewatch(
+        self, poller: select.poll, inotify: INotify, names: dict[int, str]
+    ) -> tuple[INotify, dict[int, str]]:
+        """Watches for the sessions a reload added: the new ones first, so nothing falls
+        between (the next tick looks at everything anyway). If they cannot be made (the
+        inotify limits), the old ones stay and the loop still looks at least every 30 s."""
+        try:
+            fresh, fresh_names = self._watch()
+        except OSError as exc:
+            log.error("cannot watch the new sessions' directories: %s", exc)
+            return inotify, names
+        poller.register(fresh.fd, select.POLLIN)
+        poller.unregister(inotify.fd)
+        inotify.close()
+        return fresh, fresh_names
 
     def _watch(self) -> tuple[INotify, dict[int, str]]:
         """The inotify watches, and for each watch the one name that matters in it ("" for
@@ -223,13 +247,7 @@ class Service:
         try:
             while not self.stopping:
                 if self.reload_requested and self.reload():
-                    # New sessions have directories to watch: the new watches first, so
-                    # nothing falls between; the tick below looks at everything anyway.
-                    old = inotify
-                    inotify, names = self._watch()
-                    poller.register(inotify.fd, select.POLLIN)
-                    poller.unregister(old.fd)
-                    old.close()
+                    inotify, names = self._rewatch(poller, inotify, names)
                 retry_in = self._intake() if self.with_intake else None
                 timeout = engine.tick()
                 if retry_in is not None:

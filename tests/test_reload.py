@@ -347,3 +347,21 @@ def test_cli_with_nothing_running(
     monkeypatch.setattr(systemd, "running_under_systemd", lambda: False)
     assert cli.main(["reload", "--config", str(path)]) == 1
     assert "relay is not running" in capsys.readouterr().err
+
+
+def test_a_reload_that_cannot_be_applied_changes_nothing(
+    tmp_path: Path, listener: NotifySocket
+) -> None:
+    service = make_service(tmp_path, listener)
+    try:
+        old = service.config
+        (tmp_path / "data" / "dispatch" / "session-3").write_text("in the way")
+        settings = {**BASE, "data_dir": "data", "sessions": ["session-1", "session-3"]}
+        write(tmp_path / "config.yaml", yaml.safe_dump(settings))
+        assert service.reload() is False
+        assert service.config is old and service.engine.config is old
+        assert service.engine.keys.config is old and service.engine.accounts.config is old
+        (error,) = status_json(service)["last_reload"]["errors"]
+        assert error.startswith("cannot create the new sessions' directories")
+    finally:
+        service.engine.close()
