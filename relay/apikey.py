@@ -26,6 +26,14 @@ class KeyWatch:
         self._key: str | None = None
         self._checked = -1e9
 
+    def reconfigure(self, config: Config) -> None:
+        """Use `config` from now on (a reload); a changed base URL or time-out gets a new
+        client for the same key (a call in flight keeps the one it started with)."""
+        rebuild = config.anthropic != self.config.anthropic
+        self.config = config
+        if rebuild and self.api is not None and self._key is not None:
+            self.api = self.factory(self._key, config)
+
     def refresh(self, now: float, force: bool = False) -> None:
         if not force and now - self._checked < KEY_RECHECK_S:
             return

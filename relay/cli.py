@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="queue: keep taking new envelopes until quiet this long",
     )
+    reload_p = sub.add_parser(
+        "reload", parents=[common], help="re-read the configuration without a restart"
+    )
+    reload_p.add_argument(
+        "--pid", type=int, metavar="PID", help="signal this process (what ExecReload= passes)"
+    )
     alert = sub.add_parser("alert", parents=[common], help="push an ntfy alert that UNIT failed")
     alert.add_argument("unit")
     from relay.cc.cli import add_parser as add_cc
@@ -160,6 +166,8 @@ def dispatch(args: argparse.Namespace) -> int:
         from relay.cc.cli import dispatch as cc_dispatch
 
         return cc_dispatch(args, os.environ)
+    if command == "reload":
+        return _reload(args)
     config = _config(args)
     if command == "intake":
         relay_log.setup(f"relay-{'queue' if args.what == 'queue' else 'jc'}", verbose=verbose)
@@ -254,6 +262,41 @@ def _report_failed(layout: Layout, exc: StateError, restart: str) -> None:
     )
     with contextlib.suppress(OSError):  # the journal has it either way
         status_file.write(layout.status, report)
+
+
+def _reload(args: argparse.Namespace) -> int:
+    """Check the file, then have the running relay read it again (relay/reload.py)."""
+    from relay import reload
+    from relay.errors import ConfigError
+
+    path = config_path(getattr(args, "config", None), os.environ)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        # Every problem on a line of its own; nothing is sent, relay keeps what it runs.
+        print(f"relay: {exc.source} is not valid, nothing was reloaded:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return exc.exit_code
+    layout = Layout(config.data_dir)
+    if args.pid is not None:
+        result = reload.signal_and_wait(layout, args.pid)
+    else:
+        how, pid = reload.find_target(layout)
+        if how == "systemd":
+            result = reload.through_systemd(layout, pid)
+        else:
+            result = reload.signal_and_wait(layout, pid)
+    if not result.ok:
+        print(
+            "relay: the new configuration was refused; relay keeps running on the old one:",
+            file=sys.stderr,
+        )
+        for error in result.errors:
+            print(f"  {error}", file=sys.stderr)
+        return 1
+    print(f"relay: reloaded ({reload.summary(result.changed)})")
+    return 0
 
 
 def _intake(config: Config, what: str, linger_s: float) -> int:

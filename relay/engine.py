@@ -52,6 +52,7 @@ from relay.records import (
     RELAY,
     BudgetStatus,
     Record,
+    ReloadResult,
     Sender,
     Status,
     Turn,
@@ -146,6 +147,7 @@ class Engine:
         self.budget = budget_state.BudgetState()  # pushes already sent; a workspace limit
         self.budget_block: budget.Block | None = None  # a cap reached, as of this tick
         self.last_snapshot: Status | None = None  # the latest tick's
+        self.last_reload: ReloadResult | None = None  # status.json's (relay/service.py)
 
     # ---- start-up -------------------------------------------------------------------
 
@@ -176,6 +178,16 @@ class Engine:
                 break
         self.keys.refresh(self._now, force=True)
 
+    def reconfigure(self, config: Config) -> None:
+        """Use `config` from now on (a reload; relay/reload.py has refused what cannot change
+        while relay runs). The new sessions' directories come first: if they cannot be
+        made (OSError), nothing has changed."""
+        self.layout.ensure_all(config.sessions)
+        self.config = config
+        self.accounts.reconfigure(config)
+        self.keys.reconfigure(config)
+        self._budget_reconfigured()
+
     def _recover_item(self, key: str) -> bool:
         item = parse_item(key)
         if key in self.recorded:
@@ -186,12 +198,6 @@ class Engine:
             if target is not None:
                 self._direct(key, target, body)
         return False
-
-    def reconfigure(self, config: Config) -> None:
-        """Take a reloaded config (already validated, same data directory)."""
-        self.config = config
-        self.accounts.reconfigure(config)
-        self._budget_reconfigured()
 
     def _load(self, records: list[Record]) -> None:
         self.records = records
@@ -938,6 +944,7 @@ class Engine:
             model=self.config.model,
             pid=os.getpid(),
             updated_at=iso(self.wall()),
+            last_reload=self.last_reload,
         )
 
     def status_line(self) -> str:

@@ -148,6 +148,11 @@ class Notifier:
     def enabled(self) -> bool:
         return bool(self.server and self.topic)
 
+    def configure(self, topic: str | None, timeout_s: float, token: str | None) -> None:
+        """Push to `topic` from now on (a reload). The queue and its thread stay: pushes
+        already queued are sent, and earlier pushes can still be deleted."""
+        self.topic, self.timeout_s, self.token = topic, timeout_s, token
+
     def push(self, push: Push) -> None:
         if not self.enabled:
             log.info("ntfy disabled; not sending %r", push.title)

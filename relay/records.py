@@ -280,6 +280,45 @@ class BudgetStatus:
 
 
 @dataclass(frozen=True)
+class ReloadResult:
+    """How the latest `relay reload` went in this process (status.json `last_reload`):
+    `seq` counts this process's reloads, so `relay reload` can tell its own from an
+    earlier one."""
+
+    seq: int
+    at: str
+    ok: bool
+    errors: tuple[str, ...] = ()  # why it was refused
+    changed: tuple[str, ...] = ()  # the settings it changed, by key path
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "ok": self.ok,
+            "errors": list(self.errors),
+            "changed": list(self.changed),
+        }
+
+    @staticmethod
+    def from_json(raw: Any) -> ReloadResult | None:
+        """None for anything that is not one (no reload yet, or an older release)."""
+        if not isinstance(raw, dict):
+            return None
+        try:
+            seq = _int(raw, "seq")
+        except ValueError:
+            return None
+        return ReloadResult(
+            seq,
+            str(raw.get("at", "")),
+            raw.get("ok") is True,
+            _strings(raw, "errors"),
+            _strings(raw, "changed"),
+        )
+
+
+@dataclass(frozen=True)
 class Status:
     """One snapshot of the service, taken once per loop: state/status.json and STATUS=."""
 
@@ -304,6 +343,7 @@ class Status:
     updated_at: str
     cost_month_usd: float = 0.0
     budget: BudgetStatus | None = None
+    last_reload: ReloadResult | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -328,6 +368,7 @@ class Status:
             "model": self.model,
             "pid": self.pid,
             "updated_at": self.updated_at,
+            "last_reload": self.last_reload.to_json() if self.last_reload else None,
         }
 
     def line(self) -> str:
@@ -346,6 +387,11 @@ def _str(raw: dict[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{key} is not a string")
     return value
+
+
+def _strings(raw: dict[str, Any], key: str) -> tuple[str, ...]:
+    value = raw.get(key)
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
 
 
 def _opt_str(raw: dict[str, Any], key: str) -> str | None:

@@ -23,14 +23,17 @@ from types import FrameType
 from inotify_simple import INotify
 from inotify_simple import flags as in_flags
 
-from relay import intake, systemd
+from relay import intake, reload, systemd
 from relay.api import AnthropicApi, MessagesApi
 from relay.clock import wall_clock
-from relay.config import Config, find_ntfy_token
+from relay.config import Config, find_ntfy_token, load_config
 from relay.engine import ApiFactory, Engine
 from relay.errors import RelayError
 from relay.layout import Layout
+from relay.ledger import iso
+from relay.log import event
 from relay.ntfy import Notifier
+from relay.records import ReloadResult
 from relay.subscriber import Subscriber
 from relay.topic import resolve_reply_topic, resolve_topic, subscribe_url
 
@@ -77,6 +80,8 @@ class Service:
         self.environ = os.environ if environ is None else environ
         self.sd = systemd.Notifier(self.environ)
         self.stopping = False
+        self.reload_requested = False
+        self.reloads = 0  # this process's, for status.json's last_reload.seq
         topic = answer_url = None
         if config.ntfy.server:
             topic = resolve_topic(config, self.layout)
@@ -104,6 +109,83 @@ class Service:
         self.engine.caller.wake()
         if self.subscriber is not None:
             self.subscriber.stop()
+
+    def request_reload(self, signum: int = 0, frame: FrameType | None = None) -> None:
+        """SIGHUP: the loop reloads at its next turn (a signal handler must not do the
+        work: it may interrupt the loop anywhere)."""
+        self.reload_requested = True
+        self.engine.caller.wake()
+
+    def reload(self) -> bool:
+        """Re-read the config file and apply it, or refuse it and keep the running one;
+        True when it was applied. systemd hears RELOADING=1 … READY=1 either way, and
+        status.json's last_reload says how it went (`relay reload` waits for it)."""
+        self.reload_requested = False
+        self.sd.reloading()
+        decision = reload.decide(self.config, load_config)
+        errors = list(decision.errors)
+        if decision.config is not None:
+            try:
+                self._apply(decision.config)
+            except OSError as exc:  # the new sessions' directories: nothing has changed
+                errors.append(f"cannot create the new sessions' directories: {exc}")
+            except Exception as exc:  # a reload must never stop the service
+                log.exception("reload failed")
+                errors.append(f"relay failed applying it ({type(exc).__name__}: {exc})")
+        self.reloads += 1
+        engine = self.engine
+        ok = not errors
+        engine.last_reload = ReloadResult(
+            self.reloads, iso(engine.wall()), ok, tuple(errors), decision.changed if ok else ()
+        )
+        source = self.config.source
+        if ok:
+            event(log, "reloaded", "reloaded %s: %s", source, reload.summary(decision.changed))
+        else:
+            event(
+                log,
+                "reload_refused",
+                "reload of %s refused, the running configuration stays: %s",
+                source,
+                "; ".join(errors),
+                level=logging.ERROR,
+            )
+        engine.last_snapshot = engine.snapshot()
+        self.sd.ready(engine.last_snapshot.line())
+        engine.write_status(engine.last_snapshot, force=True)
+        return ok
+
+    def _apply(self, config: Config) -> None:
+        """Everything that may fail comes before the first change, so a failure leaves the
+        running configuration whole."""
+        retarget = config.ntfy != self.config.ntfy
+        topic: str | None = None
+        token: str | None = None
+        if retarget:
+            # Only the push time-out can differ here (relay/reload.py refuses the rest); the
+            # token is looked up again with it (a `.env` may have changed).
+            topic = resolve_topic(config, self.layout) if config.ntfy.server else None
+            token, _ = find_ntfy_token(config, self.environ)
+        self.engine.reconfigure(config)  # may fail first (the new sessions' directories)
+        self.config = config
+        if retarget:
+            self.notifier.configure(topic, config.ntfy.timeout_s, token)
+
+    def _rewatch(
+        self, poller: select.poll, inotify: INotify, names: dict[int, str]
+    ) -> tuple[INotify, dict[int, str]]:
+        """Watches for the sessions a reload added: the new ones first, so nothing falls
+        between (the next tick looks at everything anyway). If they cannot be made (the
+        inotify limits), the old ones stay and the loop still looks at least every 30 s."""
+        try:
+            fresh, fresh_names = self._watch()
+        except OSError as exc:
+            log.error("cannot watch the new sessions' directories: %s", exc)
+            return inotify, names
+        poller.register(fresh.fd, select.POLLIN)
+        poller.unregister(inotify.fd)
+        inotify.close()
+        return fresh, fresh_names
 
     def _watch(self) -> tuple[INotify, dict[int, str]]:
         """The inotify watches, and for each watch the one name that matters in it ("" for
@@ -166,6 +248,8 @@ class Service:
         last_status = ""
         try:
             while not self.stopping:
+                if self.reload_requested and self.reload():
+                    inotify, names = self._rewatch(poller, inotify, names)
                 retry_in = self._intake() if self.with_intake else None
                 timeout = engine.tick()
                 if retry_in is not None:
@@ -224,3 +308,4 @@ class Service:
 def install_signal_handlers(service: Service) -> None:
     signal.signal(signal.SIGTERM, service.request_stop)
     signal.signal(signal.SIGINT, service.request_stop)
+    signal.signal(signal.SIGHUP, service.request_reload)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -57,6 +58,12 @@ class Notifier:
 
     def ready(self, status: str) -> bool:
         return self.send("READY=1", f"STATUS={one_line(status)}")
+
+    def reloading(self) -> bool:
+        """A reload has begun (READY=1 ends it). MONOTONIC_USEC= is what Type=notify-reload
+        (systemd 253+) requires with it; systemd 252 ignores it."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        return self.send("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
     def status(self, status: str) -> bool:
         return self.send(f"STATUS={one_line(status)}")

@@ -12,7 +12,8 @@
 - ``systemd-analyze security --offline=yes``: exposure limits per service.
 - Things verify does not check: every .path has its service, the relay.target wiring (model A,
   §5.2), start limits in [Unit], handler timeouts and no network, the long-running services'
-  notify/restart policy and restart pacing that cannot burn the start limit, credential
+  notify/restart policy and restart pacing that cannot burn the start limit, the
+  conversation's ExecReload= (relay reload, which waits for the outcome), credential
   sources being bare credstore names, and which units load which credential.
 """
 
@@ -29,6 +30,8 @@ from pathlib import Path
 
 UNITS_DIR = Path(__file__).resolve().parents[1] / "units"
 RELAY_BIN = "/usr/bin/relay"
+# `systemctl reload` must wait for relay's answer, so a refused config fails the reload.
+RELOAD_COMMAND = f"{RELAY_BIN} reload --pid $MAINPID"
 TARGET = "relay.target"
 CONVERSATION = "relay-conversation.service"
 ANSWERS = "relay-answers.service"
@@ -391,6 +394,8 @@ def check_conversation(units: dict[str, Unit]) -> list[str]:
         problems.append(f"{CONVERSATION}: WatchdogSec= missing")
     if "relay-clients" not in words(unit, "Service", "SupplementaryGroups"):
         problems.append(f"{CONVERSATION}: SupplementaryGroups=relay-clients missing (dispatch/)")
+    if value(unit, "Service", "ExecReload") != RELOAD_COMMAND:
+        problems.append(f"{CONVERSATION}: ExecReload={RELOAD_COMMAND} expected (relay reload)")
     return problems
 
 

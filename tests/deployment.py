@@ -181,6 +181,14 @@ class Deployment(abc.ABC):
         """The API key appears where the README says to put it, as the README says."""
 
     @abc.abstractmethod
+    def write_config(self, text: str) -> None:
+        """The config file replaced with `text`, as the operator edits it; relay is not told."""
+
+    @abc.abstractmethod
+    def reload(self) -> subprocess.CompletedProcess[str]:
+        """What the README says reloads the running relay's config."""
+
+    @abc.abstractmethod
     def run_program(self, program: str, *args: str, stdin: str | None = None) -> str:
         """Run tests/programs/`program` to its end; returns its stdout."""
 
@@ -194,6 +202,14 @@ class Deployment(abc.ABC):
         """The first true value of `predicate`; fails the test after `timeout` seconds."""
         value: T = wait_for(predicate, timeout, what, self.poll_interval, self.kind)
         return value
+
+    def settings(self, **overrides: Any) -> dict[str, Any]:
+        """The config `reset` writes, with `overrides`."""
+        return self.config(**overrides)
+
+    def rewrite_config(self, **overrides: Any) -> None:
+        """The config file as `reset` wrote it, with `overrides`; relay is not told."""
+        self.write_config(yaml.safe_dump(self.settings(**overrides)))
 
     def read(self, path: str) -> str | None:
         data = self.read_bytes(path)
@@ -391,6 +407,16 @@ class Foreground(Deployment):
         ]
         env.write_text("".join(f"{line}\n" for line in [*kept, f"ANTHROPIC_API_KEY={key}"]))
         self.key = key
+
+    def settings(self, **overrides: Any) -> dict[str, Any]:
+        return {"data_dir": str(self.data), **self.config(**overrides)}
+
+    def write_config(self, text: str) -> None:
+        self.config_path.write_text(text, encoding="utf-8")
+
+    def reload(self) -> subprocess.CompletedProcess[str]:
+        """`relay reload`: it finds the foreground process through status.json."""
+        return self.cli("reload")
 
     def run_program(self, program: str, *args: str, stdin: str | None = None) -> str:
         argv = [sys.executable, str(PROGRAMS / program), *args]

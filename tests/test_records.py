@@ -386,6 +386,7 @@ def test_status_json_keys() -> None:
         "model": "claude-sonnet-4-5",
         "pid": 4242,
         "updated_at": "2026-05-02T00:00:00Z",
+        "last_reload": None,
     }
     # The JSON holds copies: changing them does not change the snapshot.
     data["pending"]["session-1"] = 99

@@ -95,6 +95,7 @@ MUTATIONS: list[tuple[str, str, str, str]] = [
     ("relay.target", "relay-jc.path", "", "Wants= should be exactly"),
     ("relay-jc.service", "User=relay", "User=root", "User=relay"),
     ("relay-conversation.service", "SupplementaryGroups=relay-clients\n", "", "dispatch/"),
+    ("relay-conversation.service", " reload --pid $MAINPID", " reload", "ExecReload="),
     ("relay-alert@.service", "Documentation=man:relay(1)\n", "", "Documentation="),
     # the answer subscriber, a member like the conversation
     ("relay.target", " relay-answers.service", "", "Wants= should be exactly"),

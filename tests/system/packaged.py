@@ -30,7 +30,7 @@ from tests.standin.api import StandinAPI
 from tests.standin.ntfy import StandinNtfy
 
 from .nspawn import Container
-from .relaydeb import DATA, KEY_PATH, place_config, wait_ready
+from .relaydeb import CONFIG_PATH, DATA, KEY_PATH, place_config, wait_ready
 
 CONVERSATION = "relay-conversation.service"
 ANSWERS = "relay-answers.service"
@@ -231,6 +231,12 @@ class Packaged(Deployment):
         self.c.write_file(KEY_PATH, key + "\n", mode=0o600, owner="root:root")
         self.key = key
         self.c.systemctl("restart", CONVERSATION)
+
+    def write_config(self, text: str) -> None:
+        self.c.write_file(CONFIG_PATH, text, mode=0o644, owner="root:root")
+
+    def reload(self) -> subprocess.CompletedProcess[str]:
+        return self.c.systemctl("reload", CONVERSATION, check=False)
 
     def _program(self, program: str) -> str:
         inside = f"{PROGRAM_DIR}/{program}"
