@@ -202,7 +202,9 @@ def breakpoint_call(
         if ttl is not None:
             block["cache_control"] = {"type": "ephemeral", "ttl": ttl}
         messages.append({"role": ("user", "assistant")[i % 2], "content": [block]})
-    return client.messages.create(model=MODEL, max_tokens=10, system=system, messages=messages).usage
+    return client.messages.create(
+        model=MODEL, max_tokens=10, system=system, messages=messages
+    ).usage
 
 
 def test_cache_entries_expire_after_their_ttl() -> None:
