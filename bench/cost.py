@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 import sys
 import tempfile
@@ -43,11 +44,12 @@ SESSIONS = ("session-1", "session-2")
 NEEDS_JC_AT = (30, 70)  # steps whose reply asks the operator; the next step is the answer
 EPOCH = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 MINUTE = 60.0
-WORDS = (
+_PROSE = (
     "the queue worker reads envelopes from disk and hands each one to the engine which "
     "renders history calls the api records usage and dispatches the reply to the session "
     "tests pass except the flaky one in the retry path so I changed the backoff and reran"
-).split()
+)
+WORDS = tuple(_PROSE.split(" "))
 
 
 # ---- the script -----------------------------------------------------------------------------
@@ -210,39 +212,41 @@ def run(pattern: str, strategy: str, steps: Sequence[Step], system_prompt: str) 
     mode, policy = STRATEGIES[strategy]
     gap = PATTERNS[pattern]()
     clock = SimClock()
-    with tempfile.TemporaryDirectory(prefix="relay-bench-cost-") as tmp:
-        with StandinAPI(clock=clock, responder=responder(steps)) as api:
-            config = Config(
-                sessions=SESSIONS,
-                model=MODEL,
-                system_prompt=system_prompt,
-                data_dir=Path(tmp),
-                anthropic=AnthropicConfig(base_url=api.url),
-                cache_ttl=mode,
-            )
-            recorder = Recorder(AnthropicApi("sk-bench", api.url, 60.0))
-            layout = Layout(config.data_dir)
-            engine = Engine(
-                config,
-                layout,
-                lambda key, cfg: recorder,
-                QuietNotifier(),
-                environ={"ANTHROPIC_API_KEY": "sk-bench"},
-                monotonic=clock,
-                wall=clock.wall,
-                cache_policy=policy,
-            )
-            try:
-                engine.recover()
-                for i, step in enumerate(steps):
-                    clock.t += gap(i, step) if i else 0.0
-                    submit(layout, i + 1, step)
-                    settle(engine, layout)
-            finally:
-                engine.close()
-            refused = [c.status for c in api.message_calls() if c.status != 200]
-            if refused:
-                raise SystemExit(f"{pattern} / {strategy}: the stand-in refused {refused}")
+    with (
+        tempfile.TemporaryDirectory(prefix="relay-bench-cost-") as tmp,
+        StandinAPI(clock=clock, responder=responder(steps)) as api,
+    ):
+        config = Config(
+            sessions=SESSIONS,
+            model=MODEL,
+            system_prompt=system_prompt,
+            data_dir=Path(tmp),
+            anthropic=AnthropicConfig(base_url=api.url),
+            cache_ttl=mode,
+        )
+        recorder = Recorder(AnthropicApi("sk-bench", api.url, 60.0))
+        layout = Layout(config.data_dir)
+        engine = Engine(
+            config,
+            layout,
+            lambda key, cfg: recorder,
+            QuietNotifier(),
+            environ={"ANTHROPIC_API_KEY": "sk-bench"},
+            monotonic=clock,
+            wall=clock.wall,
+            cache_policy=policy,
+        )
+        try:
+            engine.recover()
+            for i, step in enumerate(steps):
+                clock.t += gap(i, step) if i else 0.0
+                submit(layout, i + 1, step)
+                settle(engine, layout)
+        finally:
+            engine.close()
+        refused = [c.status for c in api.message_calls() if c.status != 200]
+        if refused:
+            raise SystemExit(f"{pattern} / {strategy}: the stand-in refused {refused}")
     price = price_for(MODEL, DEFAULT_PRICES)
     assert price is not None
     usd = sum(cost_usd(u, price) for u in recorder.usages)
@@ -309,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--turns", type=int, default=100)
     args = parser.parse_args(argv)
+    logging.disable(logging.WARNING)  # the engine's own events ([NEEDS-JC] pauses) are expected
     steps = script(args.turns)
     system_prompt = filler(random.Random(40), 3000)
     started = time.perf_counter()

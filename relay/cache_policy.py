@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from relay.config import Config
-from relay.conversation import Ttl
+from relay.conversation import Ttl, history_chars
 from relay.records import Record, Turn
 
 CallKind = Literal["turn", "summary"]
@@ -61,9 +61,13 @@ class CachePlan:
     system: Ttl | None = None
     prefix: Ttl | None = None  # the end of the last reply in history
     new_turn: Ttl | None = None  # the new user turn (a summary's: the instruction)
+    # (n, ttl): the end of the reply n turns from the end, where a summarization that seems
+    # near will cut (render order: between the system prompt and the prefix).
+    boundary: tuple[int, Ttl] | None = None
 
     def __post_init__(self) -> None:
-        ttls = [t for t in (self.system, self.prefix, self.new_turn) if t is not None]
+        cut = self.boundary[1] if self.boundary is not None else None
+        ttls = [t for t in (self.system, cut, self.prefix, self.new_turn) if t is not None]
         if "5m" in ttls and "1h" in ttls[ttls.index("5m") :]:
             raise ValueError(f"a 1h breakpoint may not follow a 5m one: {ttls}")
 
@@ -84,26 +88,41 @@ def configured(
     if config.cache_ttl == "1h":
         forced = "1h"
     if forced is not None:
-        return CachePlan(forced, None if kind == "summary" else forced, forced)
+        if kind == "summary":
+            return CachePlan(forced, None, forced)
+        return CachePlan(forced, forced, forced, summary_boundary(config, records, forced))
     gaps = recent_gaps(records, now)
     if gaps and share(gaps, HOUR_GAP_S) < HOUR_SHARE:
         return NO_CACHE
     if kind == "summary":
-        return CachePlan("1h", None, summary_instruction(records, config.keep_recent_turns, now))
+        return CachePlan("1h", None, summary_instruction(records, now))
     short = bool(gaps) and share(gaps, SHORT_GAP_S) >= SHORT_SHARE
-    return CachePlan("1h", "1h", "5m" if short else "1h")
+    return CachePlan("1h", "1h", "5m" if short else "1h", summary_boundary(config, records, "1h"))
 
 
-def summary_instruction(records: Sequence[Record], keep_recent: int, now: datetime) -> Ttl | None:
+def summary_boundary(config: Config, records: Sequence[Record], ttl: Ttl) -> tuple[int, Ttl] | None:
+    """The fourth breakpoint, while a summarization seems near (the history is within two of
+    its largest recent turns of `history_char_cap`): on the reply where that summarization
+    will cut (`keep_recent_turns` turns from the end, once this call's turn is recorded).
+    It costs nothing here, inside the prefix this call reads, and lets the summarization read
+    what it summarizes instead of paying for it in full."""
+    keep = config.keep_recent_turns
+    turns = [r for r in records if isinstance(r, Turn)]
+    if keep < 2 or len(turns) < keep:
+        return None
+    step = max(len(t.user) + len(t.reply) for t in turns[-RECENT_GAPS:])
+    if history_chars(records) + 2 * step <= config.history_char_cap:
+        return None
+    return keep, ttl
+
+
+def summary_instruction(records: Sequence[Record], now: datetime) -> Ttl | None:
     """A summarization is sent once, and its prefix is never used again (the history is
     replaced), so a write there is waste. Its instruction's breakpoint is there to read the
-    summarized part, whose end was a 1 h prefix entry when the first kept turn was asked: 5 m
-    if that entry is probably still live, else no breakpoint at all."""
+    summarized part, through the boundary entry the last turn's call left (1 h): 5 m if that
+    call came within the hour, else no breakpoint at all."""
     turns = [r for r in records if isinstance(r, Turn)]
-    if len(turns) <= keep_recent:
-        return None
-    at = _time(turns[len(turns) - keep_recent - 1].ts)
-    # The summarized part's last turn is older than the entry by one gap: a safe estimate.
+    at = _time(turns[-1].ts) if turns else None
     return "5m" if at is not None and (_aware(now) - at).total_seconds() < HOUR_GAP_S else None
 
 

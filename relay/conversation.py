@@ -138,13 +138,16 @@ def render_messages(
     *,
     prefix_ttl: Ttl | None = None,
     new_ttl: Ttl | None = "5m",
+    boundary: tuple[int, Ttl] | None = None,
 ) -> list[dict[str, Any]]:
     """The `messages` list for the API: history, then the new user turn.
 
     Breakpoints (None: none there): `new_ttl` on the new turn's last block, so the whole
     conversation so far is a cached prefix for the next call; `prefix_ttl` on the end of the
     last reply in history, so a call that comes after the new turn's entry has expired still
-    reads all but the newest turn. The caller orders the TTLs (1 h before 5 m).
+    reads all but the newest turn; `boundary` (n, ttl) on the end of the reply n turns from
+    the end (1: the last), where a coming summarization will cut, so that call can read what
+    it summarizes. The caller orders the TTLs (1 h before 5 m).
 
     A summary becomes the first text block of the first user message, which keeps the
     user/assistant alternation without inventing an assistant reply.
@@ -166,6 +169,8 @@ def render_messages(
                 "content": [{"type": "text", "text": record.reply or "(no reply)"}],
             }
         )
+    if boundary is not None and 0 < boundary[0] <= len(messages) // 2:
+        messages[-2 * boundary[0] + 1]["content"][-1]["cache_control"] = cache_control(boundary[1])
     if prefix_ttl is not None and messages:
         messages[-1]["content"][-1]["cache_control"] = cache_control(prefix_ttl)
     if new_user is not None:

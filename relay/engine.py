@@ -406,7 +406,11 @@ class Engine:
         cache = self.cache_policy(self.config, "turn", self.records, self.wall())
         system = conv.render_system(self.config.system_prompt, cache.system)
         messages = conv.render_messages(
-            self.records, user, prefix_ttl=cache.prefix, new_ttl=cache.new_turn
+            self.records,
+            user,
+            prefix_ttl=cache.prefix,
+            new_ttl=cache.new_turn,
+            boundary=cache.boundary,
         )
         self._start(Call("turn", key, sender, user, target, system, messages))
         return True
