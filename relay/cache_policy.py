@@ -2,8 +2,9 @@
 1h`). Pure: decided from the history relay keeps and the time now, so it is the same after a
 restart and follows a reloaded config at the next call.
 
-A turn has up to three breakpoints, within the API's four and its 20-block lookback (each call
-adds two blocks: the last reply and the new turn):
+A turn has three breakpoints, and a fourth shortly before a summarization (below), within the
+API's four and its 20-block lookback (each call adds two blocks: the last reply and the new
+turn):
   - the system prompt;
   - the prefix: the end of the last reply in history, so a call that comes after the newest
     turn's entry expired still reads all the conversation but that turn;
@@ -15,11 +16,13 @@ so any gap up to an hour re-reads the whole history (a [NEEDS-JC] pause, a sessi
 twenty minutes), and only the newest turn's tokens are at stake when the guess for the new
 turn is wrong; the new turn 5 m when the recent gaps between turns are short (the next call
 reads through it, and a 5 m write costs 1.25x instead of 2x), else 1 h. On the benchmark's
-100 turns this bills 0.08-0.13x of caching the system prompt alone and reads 95-98 % of
-input tokens from the cache, where forced `5m` re-writes the whole history after every gap
-over five minutes (0.92x at 10-minute gaps). When turns come more than an hour apart
-nothing survives to be read, and a write costs more than sending the prompt uncached: no
-breakpoints then.
+100 turns this bills 0.23-0.24x of caching the system prompt alone at 1-minute, 10-minute and
+mixed gaps, reading 95-96 % of input tokens from the cache, where forced `5m` re-writes the
+whole history after every gap over five minutes (1.22x at 10-minute gaps) and forced `1h`
+pays 2x for every new turn (0.25x at 1-minute gaps). Shortly before a summarization a fourth
+breakpoint marks where it will cut, so the summarization reads what it summarizes: without
+it auto billed 0.26x at 10-minute gaps. When turns come more than an hour apart nothing
+survives to be read, and a write costs more than sending the prompt uncached: no breakpoints.
 """
 
 from __future__ import annotations
