@@ -38,4 +38,5 @@ clean-deb:
 bench:
 	.venv/bin/python -m bench.foreground
 	.venv/bin/python -m bench.hooks
+	.venv/bin/python -m bench.cost
 	.venv/bin/python -m bench.systemd

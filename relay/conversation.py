@@ -8,11 +8,14 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from relay.records import RELAY, Carried, Record, Sender, Summary, Turn
 
 SUMMARY_HEADER = "Summary of the conversation so far (earlier turns were summarized):\n\n"
+
+# A prompt-cache entry's lifetime; relay/cache_policy.py decides which each breakpoint gets.
+Ttl = Literal["5m", "1h"]
 
 _DIRECT_RE = re.compile(r"\A\s*@([A-Za-z0-9][A-Za-z0-9._-]{0,63})\s*:[ \t]*\n?(.*)\Z", re.DOTALL)
 
@@ -123,9 +126,28 @@ def history_chars(records: Sequence[Record]) -> int:
     )
 
 
-def render_messages(records: Sequence[Record], new_user: str | None) -> list[dict[str, Any]]:
-    """The `messages` list for the API: history, then the new user turn with a cache
-    breakpoint on its last block, so the whole conversation so far is a cached prefix.
+def cache_control(ttl: Ttl) -> dict[str, Any]:
+    """A breakpoint's `cache_control`. 5 m is the API's default TTL, so it is left unsaid:
+    the same bytes relay always sent."""
+    return {"type": "ephemeral"} if ttl == "5m" else {"type": "ephemeral", "ttl": ttl}
+
+
+def render_messages(
+    records: Sequence[Record],
+    new_user: str | None,
+    *,
+    prefix_ttl: Ttl | None = None,
+    new_ttl: Ttl | None = "5m",
+    boundary: tuple[int, Ttl] | None = None,
+) -> list[dict[str, Any]]:
+    """The `messages` list for the API: history, then the new user turn.
+
+    Breakpoints (None: none there): `new_ttl` on the new turn's last block, so the whole
+    conversation so far is a cached prefix for the next call; `prefix_ttl` on the end of the
+    last reply in history, so a call that comes after the new turn's entry has expired still
+    reads all but the newest turn; `boundary` (n, ttl) on the end of the reply n turns from
+    the end (1: the last), where a coming summarization will cut, so that call can read what
+    it summarizes. The caller orders the TTLs (1 h before 5 m).
 
     A summary becomes the first text block of the first user message, which keeps the
     user/assistant alternation without inventing an assistant reply.
@@ -147,17 +169,25 @@ def render_messages(records: Sequence[Record], new_user: str | None) -> list[dic
                 "content": [{"type": "text", "text": record.reply or "(no reply)"}],
             }
         )
+    if boundary is not None and 0 < boundary[0] <= len(messages) // 2:
+        messages[-2 * boundary[0] + 1]["content"][-1]["cache_control"] = cache_control(boundary[1])
+    if prefix_ttl is not None and messages:
+        messages[-1]["content"][-1]["cache_control"] = cache_control(prefix_ttl)
     if new_user is not None:
         last: list[dict[str, Any]] = [{"type": "text", "text": new_user}]
         if pending_summary is not None:
             last.insert(0, {"type": "text", "text": pending_summary})
-        last[-1]["cache_control"] = {"type": "ephemeral"}
+        if new_ttl is not None:
+            last[-1]["cache_control"] = cache_control(new_ttl)
         messages.append({"role": "user", "content": last})
     return messages
 
 
-def render_system(system_prompt: str) -> list[dict[str, Any]]:
-    return [{"type": "text", "text": system_prompt, "cache_control": {"type": "ephemeral"}}]
+def render_system(system_prompt: str, ttl: Ttl | None = "5m") -> list[dict[str, Any]]:
+    block: dict[str, Any] = {"type": "text", "text": system_prompt}
+    if ttl is not None:
+        block["cache_control"] = cache_control(ttl)
+    return [block]
 
 
 def split_for_summary(
@@ -188,14 +218,20 @@ class SummaryPlan:
 
 
 def plan_summary(
-    records: Sequence[Record], cap: int, keep_recent: int, summarization_prompt: str
+    records: Sequence[Record],
+    cap: int,
+    keep_recent: int,
+    summarization_prompt: str,
+    *,
+    new_ttl: Ttl | None = "5m",
 ) -> SummaryPlan | None:
     """The summarization due now, or None: the history fits under `cap`, or only the turns
-    kept verbatim are left and they alone exceed it (nothing would be gained)."""
+    kept verbatim are left and they alone exceed it (nothing would be gained). `new_ttl`:
+    the instruction's breakpoint, through which the call reads the summarized part."""
     if history_chars(records) <= cap:
         return None
     old, keep = split_for_summary(records, keep_recent)
     if not any(isinstance(r, Turn) for r in old):
         return None
-    messages = render_messages(old, user_text(RELAY, summarization_prompt))
+    messages = render_messages(old, user_text(RELAY, summarization_prompt), new_ttl=new_ttl)
     return SummaryPlan(old, keep, messages)

@@ -31,6 +31,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from relay import answers, budget, budget_state, history, outbox
+from relay import cache_policy as caching
 from relay import conversation as conv
 from relay import envelope as envelopes
 from relay import status as status_file
@@ -117,8 +118,10 @@ class Engine:
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = utc_now,
         answer_url: str | None = None,
+        cache_policy: caching.CachePolicy = caching.configured,
     ) -> None:
         self.config = config
+        self.cache_policy = cache_policy  # the breakpoints and TTLs of each call
         self.layout = layout
         self.notifier = notifier
         self.answer_url = answer_url  # where the phone publishes answers (None: no subscriber)
@@ -435,8 +438,15 @@ class Engine:
             return True
         if not self._begin(key):
             return False
-        system = conv.render_system(self.config.system_prompt)
-        messages = conv.render_messages(self.records, user)
+        cache = self.cache_policy(self.config, "turn", self.records, self.wall())
+        system = conv.render_system(self.config.system_prompt, cache.system)
+        messages = conv.render_messages(
+            self.records,
+            user,
+            prefix_ttl=cache.prefix,
+            new_ttl=cache.new_turn,
+            boundary=cache.boundary,
+        )
         self._start(Call("turn", key, sender, user, target, system, messages))
         return True
 
@@ -856,8 +866,13 @@ class Engine:
         if self.summary_stuck_at == self.state.next_seq:
             return False
         cap = 0 if force else self.config.history_char_cap
+        cache = self.cache_policy(self.config, "summary", self.records, self.wall())
         plan = conv.plan_summary(
-            self.records, cap, self.config.keep_recent_turns, self.config.summarization_prompt
+            self.records,
+            cap,
+            self.config.keep_recent_turns,
+            self.config.summarization_prompt,
+            new_ttl=cache.new_turn,
         )
         if plan is None:
             if conv.history_chars(self.records) > cap:
@@ -875,7 +890,7 @@ class Engine:
             conv.history_chars(self.records),
             self.config.history_char_cap,
         )
-        system = conv.render_system(self.config.system_prompt)
+        system = conv.render_system(self.config.system_prompt, cache.system)
         key = f"summary-{self.state.next_seq}"
         self._start(Call("summary", key, RELAY, "", None, system, plan.messages, plan))
         return True

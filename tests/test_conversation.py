@@ -343,6 +343,34 @@ def test_prefix_is_byte_identical_when_a_turn_is_added(with_summary: bool) -> No
     )
 
 
+def test_breakpoint_ttls_are_placed_as_asked() -> None:
+    records: list[Record] = [summary(0), turn(1, "session-1"), turn(2, "session-2")]
+    messages = render_messages(records, "newest", prefix_ttl="1h", new_ttl="1h", boundary=(2, "1h"))
+    # The end of the first reply (2 turns back), the end of the last reply, the new turn.
+    assert cache_controls(messages) == [(1, 0), (3, 0), (4, 0)]
+    assert all(
+        messages[m]["content"][b]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+        for m, b in cache_controls(messages)
+    )
+    # 5 m is the API's default TTL: left unsaid, the bytes relay always sent.
+    messages = render_messages(records, "newest", prefix_ttl="1h", new_ttl="5m")
+    assert messages[4]["content"][0]["cache_control"] == {"type": "ephemeral"}
+    assert cache_controls(render_messages(records, "newest", new_ttl=None)) == []
+    # Nothing to mark: no reply yet, or a boundary further back than the history.
+    assert cache_controls(render_messages([], "first", prefix_ttl="1h")) == [(0, 0)]
+    assert cache_controls(render_messages(records, None, boundary=(3, "1h"), new_ttl=None)) == []
+
+
+def test_render_system_ttl() -> None:
+    assert render_system("S", "1h")[0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    assert render_system("S", None) == [{"type": "text", "text": "S"}]
+
+
+def test_plan_summary_instruction_ttl() -> None:
+    plan = plan_summary(long_turns(1, 5), 100, 2, "Summarize now.", new_ttl=None)
+    assert plan is not None and cache_controls(plan.messages) == []
+
+
 def test_render_system_has_a_breakpoint() -> None:
     assert render_system("You coordinate.") == [
         {"type": "text", "text": "You coordinate.", "cache_control": {"type": "ephemeral"}}

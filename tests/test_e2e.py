@@ -100,11 +100,14 @@ def test_queue_entry_is_sent_and_its_reply_dispatched(
     assert deployment.consume("session-1") == "ack: [from session-1] What should I do next?"
     assert deployment.queue_names() == []
     (call,) = api.message_calls()
-    # The user turn names its session; the system prompt and the new turn are cacheable.
+    # The user turn names its session; the system prompt and the new turn are cacheable. With
+    # no rhythm seen yet, `cache_ttl: auto` keeps both an hour (relay/cache_policy.py), and
+    # the stand-in, which refuses a 1 h breakpoint after a 5 m one, accepted the call.
     turn = call.body["messages"][-1]["content"][-1]
     assert turn["text"].startswith("[from session-1]\n")
-    assert turn["cache_control"] == {"type": "ephemeral"}
-    assert call.body["system"][0]["cache_control"] == {"type": "ephemeral"}
+    assert turn["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    assert call.body["system"][0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    assert call.status == 200
     assert sent_key(call) == deployment.key
     if isinstance(deployment, Packaged):  # readable by relay-clients, a session's user
         stat = ["stat", "-c", "%A %U %G", deployment.path("dispatch/session-1")]
@@ -127,10 +130,20 @@ def test_conversation_prefix_is_byte_stable_and_read_from_cache(
         first.body["messages"]
     )
     assert second.body["messages"][1]["content"][0]["text"] == "ack: [from session-1] first"
+    # The second call came seconds after the first: the conversation prefix (the end of the
+    # first reply) is kept an hour, the new turn five minutes (the API's default, unsaid).
+    assert second.body["system"][0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    assert second.body["messages"][1]["content"][-1]["cache_control"] == {
+        "type": "ephemeral",
+        "ttl": "1h",
+    }
+    assert second.body["messages"][2]["content"][-1]["cache_control"] == {"type": "ephemeral"}
     ledger = deployment.lines("state/ledger.jsonl")
     assert len(ledger) == 2
-    assert ledger[0]["usage"]["cache_write_tokens"] > 0
+    assert ledger[0]["usage"]["cache_write_1h_tokens"] > 0
+    assert ledger[0]["usage"]["cache_write_tokens"] == 0
     assert ledger[1]["usage"]["cache_read_tokens"] > 0
+    assert ledger[1]["usage"]["cache_write_tokens"] > 0  # the new turn, at 5 m
     assert all(entry["cost_usd"] > 0 for entry in ledger)
 
 

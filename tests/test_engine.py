@@ -4,7 +4,7 @@ backoff and blocking. (The real SDK path is covered by test_e2e and test_api.)""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -641,4 +641,21 @@ def test_a_kept_reply_is_recorded_even_without_an_api_key(
     settle(engine)
     assert engine.api is None and api.calls == []
     assert layout.input_file("session-1").read_text() == "kept"
+    engine.close()
+
+
+def test_cache_ttl_is_read_from_the_config_at_each_call(
+    world: tuple[Config, Layout, FakeApi, Clock],
+) -> None:
+    config, layout, api, _ = world
+    engine = make((replace(config, cache_ttl="5m"), layout, api, world[3]))
+    put_envelope(layout, "a.json", "session-1", "one", serial=1)
+    settle(engine)
+    engine.config = replace(engine.config, cache_ttl="1h")  # what a reload does
+    put_envelope(layout, "b.json", "session-1", "two", serial=2)
+    settle(engine)
+    first, second = api.calls
+    assert first[-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert second[-1]["content"][-1]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    assert second[-2]["content"][-1]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
     engine.close()

@@ -180,6 +180,112 @@ def test_cache_lookback_is_twenty_blocks(client: anthropic.Anthropic) -> None:
     assert call(42).cache_read_input_tokens == 0  # like the real API: misses silently
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def breakpoint_call(
+    client: anthropic.Anthropic, system_ttl: str | None, *turns: tuple[str, str | None]
+) -> anthropic.types.Usage:
+    """A call with a cached system prompt ("S" * 4000, `system_ttl`) and `turns` (text, ttl or
+    None for no breakpoint), alternating user and assistant."""
+    system: Any = [{"type": "text", "text": "S" * 4000}]
+    if system_ttl is not None:
+        system[0]["cache_control"] = {"type": "ephemeral", "ttl": system_ttl}
+    messages: Any = []
+    for i, (text, ttl) in enumerate(turns):
+        block: dict[str, Any] = {"type": "text", "text": text}
+        if ttl is not None:
+            block["cache_control"] = {"type": "ephemeral", "ttl": ttl}
+        messages.append({"role": ("user", "assistant")[i % 2], "content": [block]})
+    return client.messages.create(
+        model=MODEL, max_tokens=10, system=system, messages=messages
+    ).usage
+
+
+def test_cache_entries_expire_after_their_ttl() -> None:
+    clock = FakeClock()
+    with (
+        StandinAPI(clock=clock) as api,
+        anthropic.Anthropic(api_key="sk-test", base_url=api.url, max_retries=0) as client,
+    ):
+        first = breakpoint_call(client, "1h", ("one " * 100, "5m"))
+        assert first.cache_creation is not None
+        assert first.cache_creation.ephemeral_1h_input_tokens == 1000
+        assert first.cache_creation.ephemeral_5m_input_tokens == tokens("one " * 100)
+
+        clock.now += 299  # both entries still live: everything is read
+        again = breakpoint_call(client, "1h", ("one " * 100, "5m"))
+        assert again.cache_read_input_tokens == 1000 + tokens("one " * 100)
+        assert again.cache_creation_input_tokens == 0
+
+        clock.now += 299  # 598 s after the write, 299 s after the refreshing read: still live
+        assert breakpoint_call(client, "1h", ("one " * 100, "5m")).cache_read_input_tokens == (
+            1000 + tokens("one " * 100)
+        )
+
+        clock.now += 301  # the 5 m entry is gone, the 1 h one was refreshed by each read
+        late = breakpoint_call(client, "1h", ("one " * 100, "5m"))
+        assert late.cache_read_input_tokens == 1000
+        assert late.cache_creation is not None
+        assert late.cache_creation.ephemeral_5m_input_tokens == tokens("one " * 100)
+
+        clock.now += 3601  # an hour after the last call: nothing is left
+        cold = breakpoint_call(client, "1h", ("one " * 100, "5m"))
+        assert cold.cache_read_input_tokens == 0
+        assert cold.cache_creation_input_tokens == 1000 + tokens("one " * 100)
+
+
+def test_mixed_ttls_bill_1h_up_to_the_last_1h_breakpoint(client: anthropic.Anthropic) -> None:
+    turn1, reply1, turn2 = "first " * 100, "answer " * 100, "second " * 100
+    breakpoint_call(client, "1h", (turn1, "5m"))
+    usage = breakpoint_call(client, "1h", (turn1, None), (reply1, "1h"), (turn2, "5m"))
+    # Read up to the last hit (the first turn), 1 h writes up to the 1 h breakpoint on the
+    # reply, 5 m writes after it; the breakdown adds up to the total.
+    assert usage.cache_read_input_tokens == 1000 + tokens(turn1)
+    assert usage.cache_creation is not None
+    assert usage.cache_creation.ephemeral_1h_input_tokens == tokens(reply1)
+    assert usage.cache_creation.ephemeral_5m_input_tokens == tokens(turn2)
+    assert usage.cache_creation_input_tokens == tokens(reply1) + tokens(turn2)
+    assert usage.input_tokens == 0
+
+
+def test_a_1h_breakpoint_after_a_5m_one_is_refused(
+    api: StandinAPI, client: anthropic.Anthropic
+) -> None:
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        breakpoint_call(client, "5m", ("one", "1h"))
+    assert caught.value.status_code == 400
+    assert "ttl='1h' must not come after" in str(caught.value)
+    # An absent ttl is 5 m; the top-level (automatic) breakpoint comes last in render order.
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.create(
+            model=MODEL,
+            max_tokens=10,
+            system=[{"type": "text", "text": "S", "cache_control": {"type": "ephemeral"}}],
+            cache_control={"type": "ephemeral", "ttl": "1h"},
+            messages=[{"role": "user", "content": "one"}],
+        )
+    assert [c.status for c in api.message_calls()] == [400, 400]
+    # 1 h before 5 m is fine, and so is the same TTL throughout.
+    breakpoint_call(client, "1h", ("one", "1h"), ("two", "5m"), ("three", "5m"))
+
+
+def test_clock_control_moves_the_cache_clock(api: StandinAPI, client: anthropic.Anthropic) -> None:
+    breakpoint_call(client, "5m", ("one", None))
+    status, body, _ = http(api.url + "/_clock", {"advance": 301})
+    assert status == 200 and body["offset"] == 301
+    assert breakpoint_call(client, "5m", ("one", None)).cache_read_input_tokens == 0
+    assert http(api.url + "/_clock", {"advance": "soon"})[0] == 400
+    assert http(api.url + "/_clock", b'{"advance": NaN}')[0] == 400
+    assert http(api.url + "/_reset", b"")[0] == 200
+    assert api.cache_now() < api.clock() + 1
+
+
 def test_only_what_relay_and_claude_code_use_is_served(client: anthropic.Anthropic) -> None:
     # Neither calls count_tokens nor the models API; the real API's 404 shape for anything else.
     with pytest.raises(anthropic.NotFoundError) as caught:

@@ -10,7 +10,8 @@ for system tests and demos):
     python3 tests/standin/api.py --port 0 [--port-file F] [--api-key K]
 
 prints `http://127.0.0.1:PORT` once listening and serves until SIGTERM/SIGINT. Other processes
-steer it through `POST /_script`, `GET /_requests` and `POST /_reset`.
+steer it through `POST /_script`, `GET /_requests`, `POST /_clock` (`{"advance": S}`: the
+prompt cache's clock moves S seconds on) and `POST /_reset`.
 
 It serves what relay and Claude Code use: `POST /v1/messages` (plain JSON, or SSE for
 `"stream": true`) and `HEAD /`. Choosing the answer (first match wins):
@@ -96,6 +97,12 @@ _REASONS = {529: "Overloaded"}
 # Real API: each breakpoint looks back at most 20 blocks for an earlier cache entry.
 CACHE_LOOKBACK_BLOCKS = 20
 MAX_BREAKPOINTS = 4
+# Cache entry lifetimes by `cache_control.ttl` (absent: 5 minutes), refreshed on each hit.
+CACHE_TTL_S = {"5m": 300.0, "1h": 3600.0}
+TTL_ORDER_MESSAGE = (
+    "A cache_control block with ttl='1h' must not come after a block with ttl='5m'. "
+    "Note that blocks are processed in the following order: `tools`, `system`, `messages`."
+)
 
 _MESSAGES_FIELDS = frozenset(
     [
@@ -272,6 +279,14 @@ class _Response:
     trickle: float | None = None  # seconds between body bytes (Trickle)
 
 
+@dataclass(frozen=True)
+class _Entry:
+    """A cached prefix: live until `expires` (cache clock seconds); a hit extends it by `ttl`."""
+
+    expires: float
+    ttl: float
+
+
 class _Invalid(Exception):
     """A request the real API would answer with 400 invalid_request_error."""
 
@@ -410,7 +425,19 @@ def _parse(body: Any) -> list[_Block]:
             f"A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. "
             f"Found {breakpoints}."
         )
+    # Longer-lived entries first, like the real API: a 1 h breakpoint after a 5 m one is refused.
+    seen_5m = False
+    for control in [*(b.cache_control for b in blocks), body.get("cache_control")]:
+        if control is None:
+            continue
+        if _ttl(control) == "1h" and seen_5m:
+            raise _Invalid(TTL_ORDER_MESSAGE)
+        seen_5m = seen_5m or _ttl(control) == "5m"
     return blocks
+
+
+def _ttl(control: dict[str, Any]) -> str:
+    return str(control.get("ttl") or "5m")
 
 
 def _last_user_text(body: dict[str, Any]) -> str:
@@ -536,6 +563,8 @@ class StandinAPI(Serving):
     is empty; return an action, or None to fall through to directives and the default reply.
     `context_window`: prompts of more tokens get the real 400 "prompt is too long" (None: no
     limit); `max_request_bytes`: larger bodies get 413 request_too_large (both mutable).
+    `clock`: the seconds cache entries expire on (5 m and 1 h TTLs); `advance_clock()` or
+    `POST /_clock {"advance": S}` moves it on, so a test or benchmark can skip an hour at once.
     """
 
     def __init__(
@@ -546,6 +575,7 @@ class StandinAPI(Serving):
         delay: float = 0.0,
         responder: Responder | None = None,
         context_window: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__("127.0.0.1", port, verbose=False)
         self.api_key = api_key
@@ -556,9 +586,21 @@ class StandinAPI(Serving):
         self._lock = threading.Lock()
         self._script: deque[Action] = deque()
         self._records: list[RecordedRequest] = []
-        self._cache: set[bytes] = set()
+        self.clock = clock
+        self._clock_offset = 0.0
+        self._cache: dict[bytes, _Entry] = {}
 
     # steering and inspection
+
+    def advance_clock(self, seconds: float) -> float:
+        """Move the cache clock on by `seconds`; returns the total offset."""
+        with self._lock:
+            self._clock_offset += seconds
+            return self._clock_offset
+
+    def cache_now(self) -> float:
+        """The time cache entries expire by: `clock()` plus every `advance_clock()` so far."""
+        return self.clock() + self._clock_offset
 
     def script(self, *actions: Action) -> None:
         """Queue actions; each Messages request consumes one, before any other rule."""
@@ -579,11 +621,12 @@ class StandinAPI(Serving):
         return [r for r in self.requests if r.method == "POST" and r.path == "/v1/messages"]
 
     def reset(self) -> None:
-        """Forget records, script and prompt cache."""
+        """Forget records, script, prompt cache and cache clock offset."""
         with self._lock:
             self._records.clear()
             self._script.clear()
             self._cache.clear()
+            self._clock_offset = 0.0
 
     # request handling (called from handler threads)
 
@@ -729,9 +772,12 @@ class StandinAPI(Serving):
     def _cache_usage(self, body: dict[str, Any], blocks: list[_Block]) -> tuple[int, int, int, int]:
         """(input_tokens, cache_read, cache_write_5m, cache_write_1h) for this request.
 
-        The cache holds hashes of prefixes that ended at a breakpoint; the request reads the
-        longest stored prefix within the lookback window of one of its breakpoints, writes
-        everything from there up to its last breakpoint, and pays full price for the rest.
+        The cache holds hashes of prefixes that ended at a breakpoint, each until its TTL runs
+        out. The request reads the longest live prefix within the lookback window of one of its
+        breakpoints (refreshing that entry's TTL), writes everything from there up to its last
+        breakpoint (1 h writes up to the last `1h` breakpoint, 5 m writes after it, since 1 h
+        ones come first), and pays full price for the rest. Afterwards every one of its
+        breakpoints is a live entry, for at least its own TTL from now.
         """
         cumulative: list[int] = []
         digests: list[bytes] = []
@@ -755,6 +801,9 @@ class StandinAPI(Serving):
             return running, 0, 0, 0
 
         with self._lock:
+            now = self.clock() + self._clock_offset
+            for stale in [d for d, entry in self._cache.items() if entry.expires <= now]:
+                del self._cache[stale]
             hit = max(
                 (
                     k
@@ -764,14 +813,21 @@ class StandinAPI(Serving):
                 ),
                 default=-1,
             )
-            self._cache.update(digests[b] for b in breakpoints)
+            if hit >= 0:  # TTL refresh on read
+                entry = self._cache[digests[hit]]
+                self._cache[digests[hit]] = _Entry(now + entry.ttl, entry.ttl)
+            for b in breakpoints:
+                ttl = CACHE_TTL_S[_ttl(controls[b])]
+                old = self._cache.get(digests[b])
+                if old is None or old.expires < now + ttl:
+                    self._cache[digests[b]] = _Entry(now + ttl, max(ttl, old.ttl if old else 0))
 
         read = cumulative[hit] if hit >= 0 else 0
         written = {"5m": 0, "1h": 0}
         start = read
         for b in breakpoints:
             if b > hit:
-                written[controls[b].get("ttl") or "5m"] += cumulative[b] - start
+                written[_ttl(controls[b])] += cumulative[b] - start
                 start = cumulative[b]
         return running - cumulative[breakpoints[-1]], read, written["5m"], written["1h"]
 
@@ -821,6 +877,14 @@ class StandinAPI(Serving):
                 return _Response(400, _json_bytes({"error": str(exc)}))
             self.script(*actions)
             return _Response(200, _json_bytes({"queued": self.pending_script()}))
+        if method == "POST" and path == "/_clock":
+            try:
+                advance = float(json.loads(raw or b"{}").get("advance", 0))
+            except (ValueError, TypeError, AttributeError) as exc:
+                return _Response(400, _json_bytes({"error": str(exc)}))
+            if not math.isfinite(advance):
+                return _Response(400, _json_bytes({"error": "advance must be a finite number"}))
+            return _Response(200, _json_bytes({"offset": self.advance_clock(advance)}))
         if method == "POST" and path == "/_reset":
             self.reset()
             return _Response(200, _json_bytes({"reset": True}))
