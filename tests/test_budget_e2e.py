@@ -108,3 +108,29 @@ def test_the_workspace_limit_blocks_until_its_date_with_one_push(
     time.sleep(QUIET_S)
     assert len(api.message_calls()) == 1
     assert deployment.status()["budget"]["blocked"] == "workspace"  # type: ignore[index]
+
+
+def test_a_raised_budget_applies_on_reload_without_a_restart(
+    deployment: Deployment, api: StandinAPI, ntfy: StandinNtfy
+) -> None:
+    capped = {"daily_usd": 0.3, "warn_at": [0.5], "timezone": "UTC"}
+    deployment.reset(budget=capped, prices=PRICES)
+    spend_to_the_cap(deployment, api)
+    deployment.submit("session-1", f"waiting {TEN_TOKENS}")
+    status = deployment.wait_status(lambda s: s["state"] == "blocked" and s["inbox"] == 1)
+    pid = status["pid"]
+    deployment.rewrite_config(budget={**capped, "daily_usd": 1.0}, prices=PRICES)
+    done = deployment.reload()
+    assert done.returncode == 0, done
+    assert deployment.consume("session-1") == "x" * 40
+    status = deployment.wait_status(lambda s: s["state"] == "running")
+    assert status["pid"] == pid and status["budget"]["daily_usd"] == 1.0
+    assert len(api.message_calls()) == 4
+    # The 50 % warning of the new cap ($0.50) comes once, as the fifth call crosses it.
+    deployment.submit("session-1", f"more {TEN_TOKENS}")
+    deployment.consume("session-1")
+    deployment.wait_for(
+        lambda: [m for m in budget_pushes(ntfy) if "$1.00" in m.message] or None, "a warning"
+    )
+    titles = [m.title for m in budget_pushes(ntfy)]
+    assert titles.count("relay: 50% of the daily budget") == 2  # one per cap
