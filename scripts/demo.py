@@ -87,6 +87,7 @@ class Demo:
             model: claude-opus-4-7
             anthropic: {{base_url: "{api_url}"}}
             ntfy: {{server: "{ntfy_url}", topic: null}}
+            budget: {{daily_usd: 5, monthly_usd: 100}}
             """)
         )
         (work / ".env").write_text("ANTHROPIC_API_KEY=sk-demo-not-a-real-key\n")
@@ -246,9 +247,10 @@ def main() -> int:
         ack = wait_push(ntfy_url, lambda m: m["priority"] == 2)
         show("   acknowledgement pushed back to the phone:", ack["message"])
 
-        say("6. relay status")
+        say("6. relay status, and relay costs: what each call cost, from the ledger")
         time.sleep(0.3)
         print(textwrap.indent(demo.relay("status"), "   "))
+        print(textwrap.indent(demo.relay("costs", "--by", "session"), "   "))
 
         say("7. A real Claude Code, connected: relay cc worker runs it headless for session-1")
         claude_code_worker(demo, work)
