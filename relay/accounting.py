@@ -29,17 +29,22 @@ class Accounting:
     def load(self) -> None:
         """Total the ledger for the current day and month (read once, at start and when
         the time zone changes; from then on each call adds to the totals)."""
-        totals = CostTotals(self.config.budget.zone)
+        self.totals = self._count(self.config)
+
+    def _count(self, config: Config) -> CostTotals:
+        totals = CostTotals(config.budget.zone)
         totals.roll(self.wall())
         for moment, cost in self.ledger.costs():
             totals.add(moment, cost)
-        self.totals = totals
+        return totals
 
     def reconfigure(self, config: Config) -> None:
-        zone_changed = config.budget.timezone != self.config.budget.timezone
-        self.config = config
-        if zone_changed:  # the day and month boundaries moved: count again
-            self.load()
+        """Use `config` from now on; if the ledger cannot be read again for a new time
+        zone (OSError), nothing has changed."""
+        totals = self.totals
+        if config.budget.timezone != self.config.budget.timezone:
+            totals = self._count(config)  # the day and month boundaries moved: count again
+        self.config, self.totals = config, totals
 
     def charge(
         self, kind: Literal["turn", "summary"], key: str, sender: Sender, reply: ApiReply

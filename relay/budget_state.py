@@ -24,12 +24,14 @@ class BudgetState:
     marks: frozenset[str] = field(default_factory=frozenset)
     workspace_until: datetime | None = None
     workspace_reason: str | None = None
+    workspace_pushed: str | None = None  # the limit's end already pushed (ISO), once per date
 
     def to_json(self) -> dict[str, object]:
         return {
             "marks": sorted(self.marks),
             "workspace_until": iso(self.workspace_until) if self.workspace_until else None,
             "workspace_reason": self.workspace_reason,
+            "workspace_pushed": self.workspace_pushed,
         }
 
 
@@ -42,7 +44,13 @@ def load(path: Path) -> BudgetState:
         until_text = raw.get("workspace_until")
         until = parse_iso(until_text) if isinstance(until_text, str) else None
         reason = raw.get("workspace_reason")
-        return BudgetState(marks, until, reason if isinstance(reason, str) else None)
+        pushed = raw.get("workspace_pushed")
+        return BudgetState(
+            marks,
+            until,
+            reason if isinstance(reason, str) else None,
+            pushed if isinstance(pushed, str) else None,
+        )
     except FileNotFoundError:
         return BudgetState()
     except (OSError, ValueError, AttributeError, TypeError, RecursionError) as exc:

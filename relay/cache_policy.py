@@ -21,8 +21,9 @@ mixed gaps, reading 95-96 % of input tokens from the cache, where forced `5m` re
 whole history after every gap over five minutes (1.22x at 10-minute gaps) and forced `1h`
 pays 2x for every new turn (0.25x at 1-minute gaps). Shortly before a summarization a fourth
 breakpoint marks where it will cut, so the summarization reads what it summarizes: without
-it auto billed 0.26x at 10-minute gaps. When turns come more than an hour apart nothing
-survives to be read, and a write costs more than sending the prompt uncached: no breakpoints.
+it auto billed 0.26x at 10-minute gaps. When turns come more than an hour apart (most of the
+recent gaps, and the newest two) nothing survives to be read, and a write costs more than
+sending the prompt uncached: no breakpoints.
 """
 
 from __future__ import annotations
@@ -95,7 +96,9 @@ def configured(
             return CachePlan(forced, None, forced)
         return CachePlan(forced, forced, forced, summary_boundary(config, records, forced))
     gaps = recent_gaps(records, now)
-    if gaps and share(gaps, HOUR_GAP_S) < HOUR_SHARE:
+    if gaps and share(gaps, HOUR_GAP_S) < HOUR_SHARE and min(gaps[-2:]) >= HOUR_GAP_S:
+        # Hours apart, lately too. A burst after a long idle (the newest gap is short, or the
+        # previous one was) caches at once rather than after half its gaps turned short.
         return NO_CACHE
     if kind == "summary":
         return CachePlan("1h", None, summary_instruction(records, now))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -501,13 +501,9 @@ def _prices(raw: Mapping[str, Any], check: _Checker) -> dict[str, Price]:
         # 0.025x), else the standard ones.
         known = DEFAULT_PRICES.get(str(model))
         read_ratio = known.cache_read / known.input if known and known.input else 0.1
-        derive: dict[str, Callable[[float], float]] = {
-            "cache_write": lambda p: p * 1.25,
-            "cache_write_1h": lambda p: p * 2.0,
-            "cache_read": lambda p, ratio=read_ratio: p * ratio,  # type: ignore[misc]
-        }
-        for name, rule in derive.items():
-            values.setdefault(name, rule(values["input"]))
+        multipliers = {"cache_write": 1.25, "cache_write_1h": 2.0, "cache_read": read_ratio}
+        for name, multiplier in multipliers.items():
+            values.setdefault(name, values["input"] * multiplier)
         table[str(model)] = Price(**values)
     return table
 

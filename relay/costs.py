@@ -44,7 +44,7 @@ class Priced:
     entry: LedgerEntry
     day: date
     saved_usd: float  # what its cached tokens would have cost as plain input, minus their cost
-    unpriced: bool  # no price for its model: its cost was recorded as 0 and it saves nothing
+    unpriced: bool  # no price of its own model: its cost is an estimate (or 0), it saves nothing
 
 
 @dataclass
@@ -469,8 +469,9 @@ def _summary(report: Report) -> list[str]:
         )
     if total.unpriced_calls:
         lines.append(
-            f"unknown price: {total.unpriced_calls} call(s) of a model with no price "
-            "counted at $0 (add it under prices:)"
+            f"unknown price: {total.unpriced_calls} call(s) of a model with no price of its "
+            "own, estimated at the configured model's price ($0 if it has none either; add "
+            "the model under prices:)"
         )
     lines.append(_period_line("month to date", report.month_to_date, "budget.monthly_usd"))
     lines.append(_period_line("today", report.today, "budget.daily_usd"))

@@ -149,6 +149,7 @@ class Engine:
         self.reporter = status_file.StatusWriter(layout.status, monotonic)
         self.budget = budget_state.BudgetState()  # pushes already sent; a workspace limit
         self.budget_block: budget.Block | None = None  # a cap reached, as of this tick
+        self.blocked_reason: str | None = None  # why no call may start, as of this tick
         self.last_snapshot: Status | None = None  # the latest tick's
         self.last_reload: ReloadResult | None = None  # status.json's (relay/service.py)
 
@@ -186,9 +187,16 @@ class Engine:
         while relay runs). The new sessions' directories come first: if they cannot be
         made (OSError), nothing has changed."""
         self.layout.ensure_all(config.sessions)
+        old = self.config
+        try:
+            self.accounts.reconfigure(config)  # may read the ledger again (a new zone)
+            self.keys.reconfigure(config)
+        except BaseException:
+            # Back to the old config everywhere, so a refused reload leaves it whole.
+            self.accounts.reconfigure(old)
+            self.keys.reconfigure(old)
+            raise
         self.config = config
-        self.accounts.reconfigure(config)
-        self.keys.reconfigure(config)
         self._budget_reconfigured()
 
     def _recover_item(self, key: str) -> bool:
@@ -373,7 +381,11 @@ class Engine:
         if handover is not None:
             target = conv.operator_target(self.state) or "no session yet"
             about = f" (the answer to {question})" if question else ""
-            self._acknowledge(key, f"answer received, sent to {target}{about}")
+            held = self.calls_blocked()
+            if held is not None:  # it needs an API call, and none may start now
+                self._acknowledge(key, f"answer received{about}; it waits: {held}")
+            else:
+                self._acknowledge(key, f"answer received, sent to {target}{about}")
 
     def _acknowledge(self, key: str, text: str) -> None:
         log.info("acknowledging %s to the phone: %s", key, text)
@@ -751,7 +763,12 @@ class Engine:
 
     def calls_blocked(self) -> str | None:
         """Why no new API call may start now (a budget spent, the workspace's limit), or
-        None. A call in flight is not affected: it finishes and is recorded."""
+        None. A call in flight is not affected: it finishes and is recorded. Judged once per
+        tick (`_check_budget`): items judged against a moving clock could overtake each
+        other at the very moment a limit ends."""
+        return self.blocked_reason
+
+    def _blocked_now(self) -> str | None:
         until = self.budget.workspace_until
         if until is not None and self.wall() < until:
             return (
@@ -813,6 +830,7 @@ class Engine:
         elif block is None and self.budget_block is not None:
             event(log, "budget_resumed", "within budget again; API calls resume")
         self.budget_block = block
+        self.blocked_reason = self._blocked_now()
         current = {
             p.label
             for name, _ in budget.caps(self.config.budget)
@@ -834,8 +852,18 @@ class Engine:
         """The Console's workspace limit: no call until the date it names, one push, and
         the item waits (it is not this item's fault)."""
         reason = "the workspace API usage limit (set in the Anthropic Console) is reached"
-        first = self.budget.workspace_until is None
-        self._save_budget(replace(self.budget, workspace_until=until, workspace_reason=reason))
+        # One push per date named: a reload tries again at once, and the same refusal again
+        # must not push again.
+        first = self.budget.workspace_pushed != iso(until)
+        self._save_budget(
+            replace(
+                self.budget,
+                workspace_until=until,
+                workspace_reason=reason,
+                workspace_pushed=iso(until),
+            )
+        )
+        self.blocked_reason = self._blocked_now()
         event(
             log,
             "api_error",

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from relay.costs import decode_lines, numbered_lines, parse_ts
 from relay.fsutil import write_all
 from relay.layout import OPERATOR_FILE_MODE
-from relay.records import decode_ledger_entry
+from relay.records import LedgerEntry
 
 
 def utc_now() -> datetime:
@@ -75,18 +76,14 @@ class Ledger:
         self.path = path
 
     def costs(self) -> Iterator[tuple[datetime, float]]:
-        """(time, cost) of every call the ledger holds; damaged lines are skipped (the
-        report, `relay costs`, lists them)."""
+        """(time, cost) of every call the ledger holds, read by the same decoder as
+        `relay costs`, so the budgets and the report count the same lines; damaged ones
+        are skipped (the report lists them)."""
         try:
-            with open(self.path, encoding="utf-8", errors="replace") as handle:
-                for line in handle:
-                    try:
-                        entry = decode_ledger_entry(json.loads(line))
-                    except (ValueError, RecursionError):
-                        continue
-                    moment = parse_iso(entry.ts)
-                    if moment is not None:
-                        yield moment, entry.cost_usd
+            with open(self.path, "rb") as handle:
+                for item in decode_lines(numbered_lines(handle)):
+                    if isinstance(item, LedgerEntry):
+                        yield parse_ts(item.ts), item.cost_usd
         except FileNotFoundError:
             return
 

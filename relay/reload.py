@@ -241,9 +241,13 @@ def through_systemd(
     """`systemctl reload`, so that systemd tracks it: ExecReload= runs `relay reload --pid
     $MAINPID`, whose exit code becomes systemctl's. The outcome is read from status.json,
     which has the reasons; RelayError when there is none to read there."""
+    _, before = last_reload(layout)
     done = run(["systemctl", "reload", CONVERSATION_UNIT])
     writer, shown = last_reload(layout)
-    if writer == pid and shown is not None and (done.returncode == 0 or not shown.ok):
+    # Only an outcome newer than the one before counts: a systemctl that failed on its own
+    # (access denied, a time-out) must not pass off an earlier refusal as this one's.
+    fresh = shown is not None and (before is None or shown.seq > before.seq)
+    if writer == pid and shown is not None and fresh and (done.returncode == 0 or not shown.ok):
         return shown
     said = " ".join(done.stderr.split()) if isinstance(done.stderr, str) else ""
     if done.returncode == 0:

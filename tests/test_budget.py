@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from relay import budget, budget_state
+from relay import answers, budget, budget_state
 from relay.api import ApiReply
 from relay.config import BudgetConfig, Config
 from relay.engine import Engine
@@ -362,6 +362,39 @@ def test_a_reload_tries_again_before_the_workspace_limit_date(world: World) -> N
     engine.close()
 
 
+def test_the_same_workspace_limit_is_pushed_once_however_often_a_reload_retries(
+    world: World,
+) -> None:
+    config, _layout, api, _, _, notifier = world
+    uncapped = replace(config, budget=BudgetConfig())
+    api.errors.extend([WORKSPACE, WORKSPACE])
+    engine = start(world, uncapped)
+    answer(world, 1)
+    run(engine, 3)
+    engine.reconfigure(uncapped)  # a reload for something else: one try, the same refusal
+    run(engine, 3)
+    assert len(api.calls) == 2
+    assert titles(notifier) == ["relay is blocked: workspace usage limit"]
+    assert engine.status()["budget"]["blocked"] == "workspace"
+    engine.close()
+
+
+def test_an_answer_from_the_phone_held_by_a_budget_says_so(world: World) -> None:
+    _, layout, api, _, _, notifier = world
+    engine = start(world)
+    for serial in (1, 2, 3):
+        answer(world, serial)
+    drain(engine, layout)
+    assert engine.status()["state"] == "blocked"
+    handover = answers.Handover("ntfy-1", None, "go ahead")
+    (layout.inbox / operator_key(1)).write_text(handover.encode())
+    run(engine, 3)
+    (ack,) = [p.message for p in notifier.pushes if p.message.startswith("answer received")]
+    assert "it waits: the daily budget of $0.30 is spent" in ack
+    assert len(api.calls) == 3
+    engine.close()
+
+
 def test_an_unknown_models_call_is_estimated_and_says_so(world: World) -> None:
     _, layout, _api, _, _, _ = world
     engine = start(world)
@@ -370,4 +403,17 @@ def test_an_unknown_models_call_is_estimated_and_says_so(world: World) -> None:
     assert cost == pytest.approx(0.1)  # at the configured model's price
     (line,) = [json.loads(x) for x in layout.ledger.read_text().splitlines()]
     assert line["price_known"] is False and line["model"] == "claude-unknown-9"
+    engine.close()
+
+
+def test_a_reconfigure_that_fails_leaves_the_old_config_whole(world: World) -> None:
+    config, layout, _, _, _, _ = world
+    engine = start(world)
+    layout.ledger.unlink(missing_ok=True)
+    layout.ledger.mkdir()  # a new zone means reading the ledger again: that fails here
+    moved = replace(config, budget=replace(config.budget, timezone="Asia/Tokyo"), model="m-2")
+    with pytest.raises(OSError):
+        engine.reconfigure(moved)
+    assert engine.config is config and engine.accounts.config is config
+    assert engine.accounts.totals.zone == ZoneInfo("Europe/Paris")
     engine.close()

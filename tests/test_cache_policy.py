@@ -81,6 +81,15 @@ def test_hours_between_turns_cache_nothing() -> None:
     assert configured(CONFIG, "summary", turns(90, 120, 75), T0 + timedelta(hours=6)) == CachePlan()
 
 
+def test_a_burst_after_a_long_idle_caches_from_its_first_call() -> None:
+    # A day of hourly-plus gaps, then a night, then a session writes every minute: the
+    # second call of the burst already reads what the first one wrote.
+    idle = turns(90, 120, 75, 80, 95, 100, 90)
+    assert plan(idle, 600) == CachePlan()  # still idle: nothing to cache
+    burst = turns(90, 120, 75, 80, 95, 100, 90, 600)
+    assert plan(burst, 1).prefix == "1h" and plan(burst, 1).system == "1h"
+
+
 @pytest.mark.parametrize("mode", ["5m", "1h"])
 def test_forced_ttl_on_every_breakpoint(mode: str) -> None:
     config = replace(CONFIG, cache_ttl=mode)

@@ -315,10 +315,23 @@ def done(stdout: str = "", returncode: int = 0, stderr: str = "") -> Any:
 
 def test_through_systemd_reports_the_refusal(tmp_path: Path) -> None:
     relay = FakeRelay(Layout(tmp_path), 41, None)
-    refused = ReloadResult(1, "t", False, ("model: bad",))
-    relay.write(41, refused)
-    result = reload.through_systemd(relay.layout, 41, lambda argv: done(returncode=1))
-    assert result == refused
+    relay.write(41, ReloadResult(1, "t", True))
+    refused = ReloadResult(2, "t", False, ("model: bad",))
+
+    def systemctl(argv: list[str]) -> Any:
+        relay.write(41, refused)  # what ExecReload's `relay reload --pid` waited for
+        return done(returncode=1)
+
+    assert reload.through_systemd(relay.layout, 41, systemctl) == refused
+
+
+def test_through_systemd_never_passes_off_an_earlier_refusal(tmp_path: Path) -> None:
+    relay = FakeRelay(Layout(tmp_path), 41, None)
+    relay.write(41, ReloadResult(3, "t", False, ("model: bad",)))
+    denied = done(returncode=1, stderr="Failed to reload: Access denied\n")
+    with pytest.raises(RelayError, match="Access denied") as caught:
+        reload.through_systemd(relay.layout, 41, lambda argv: denied)
+    assert "model: bad" not in str(caught.value)
 
 
 def test_through_systemd_without_an_answer_points_at_the_journal(tmp_path: Path) -> None:
