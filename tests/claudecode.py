@@ -166,6 +166,9 @@ class Coordinator:
 # --- interactive sessions under tmux --------------------------------------------------------
 
 
+PROMPT = "\u276f"  # Claude Code's prompt mark, at the start of its input box
+
+
 class Tmux:
     """A tmux server of the test's own (a private socket), killed at the end."""
 
@@ -193,10 +196,27 @@ class Tmux:
         self._run("send-keys", "-t", name, script, "Enter")
 
     def type(self, name: str, text: str) -> None:
-        """Type `text` and press Enter, as a person would (Enter as its own keystroke)."""
+        """Type `text` and press Enter, as a person would (Enter as its own keystroke).
+
+        A TUI still drawing its start-up screen on a loaded machine can drop that Enter
+        (seen: the text stayed in the input box): as a person would, press it again while
+        the text is still there."""
         self._run("send-keys", "-t", name, "-l", text)
         time.sleep(0.5)
-        self._run("send-keys", "-t", name, "Enter")
+        for _ in range(3):
+            self._run("send-keys", "-t", name, "Enter")
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline:
+                if not self._in_input_box(name, text):
+                    return
+                time.sleep(0.1)
+
+    def _in_input_box(self, name: str, text: str) -> bool:
+        """Whether `text` is still in Claude Code's input box: the last prompt line (U+276F);
+        once sent, it moves up into the transcript and the box below it is empty."""
+        screen = self.screen(name)
+        prompts = [line for line in screen.splitlines() if line.lstrip().startswith(PROMPT)]
+        return bool(prompts) and text[:40] in prompts[-1]
 
     def screen(self, name: str) -> str:
         return self._run("capture-pane", "-p", "-J", "-S", "-200", "-t", name, check=False).stdout
