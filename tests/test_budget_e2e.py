@@ -25,8 +25,8 @@ PRICES = {
     }
 }
 TEN_TOKENS = "[[reply: " + "x" * 40 + "]]"
-# Long enough for relay's wait for a boundary (it looks every 5 s) and a slow container.
-QUIET_S = 7.0
+# A new inbox item wakes relay at once: had it started a call, the stand-in would have it.
+QUIET_S = 3.0
 
 
 def budget_pushes(ntfy: StandinNtfy) -> list[NtfyMessage]:
