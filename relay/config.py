@@ -432,9 +432,10 @@ def _budget(raw: Mapping[str, Any], check: _Checker) -> BudgetConfig:
             isinstance(value, bool)
             or not isinstance(value, int | float)
             or not math.isfinite(value)
-            or value <= 0
+            or value < 0
         ):
-            check.fail(f"budget.{name}", f"must be a positive number of USD or null, got {value!r}")
+            # 0 is a cap too: no API calls at all until it is raised.
+            check.fail(f"budget.{name}", f"must be a number of USD >= 0 or null, got {value!r}")
             caps[name] = None
         else:
             caps[name] = float(value)
@@ -443,11 +444,12 @@ def _budget(raw: Mapping[str, Any], check: _Checker) -> BudgetConfig:
     if warn_raw is None:
         warn_at = ()
     elif not isinstance(warn_raw, list) or not all(
-        not isinstance(v, bool) and isinstance(v, int | float) and 0 < v < 1 for v in warn_raw
+        not isinstance(v, bool) and isinstance(v, int | float) and 0 < v <= 1 for v in warn_raw
     ):
         check.fail(
             "budget.warn_at",
-            f"must be a list of fractions between 0 and 1, e.g. [0.75, 0.95], got {warn_raw!r}",
+            f"must be a list of fractions of the cap (0 < f <= 1) such as [0.75, 0.95], "
+            f"got {warn_raw!r}",
         )
     else:
         warn_at = tuple(sorted({float(v) for v in warn_raw}))

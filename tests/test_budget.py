@@ -417,3 +417,13 @@ def test_a_reconfigure_that_fails_leaves_the_old_config_whole(world: World) -> N
     assert engine.config is config and engine.accounts.config is config
     assert engine.accounts.totals.zone == ZoneInfo("Europe/Paris")
     engine.close()
+
+
+def test_a_cap_of_zero_makes_no_call_at_all(world: World) -> None:
+    config, _layout, api, _, _, notifier = world
+    engine = start(world, replace(config, budget=BudgetConfig(daily_usd=0.0)))
+    answer(world, 1)
+    run(engine, 3)
+    assert api.calls == [] and engine.status()["state"] == "blocked"
+    assert titles(notifier) == ["relay paused: daily budget reached"]
+    engine.close()

@@ -649,3 +649,41 @@ def test_a_price_override_keeps_the_models_own_cache_read_ratio() -> None:
     assert config.prices["claude-opus-5-5"].cache_read == pytest.approx(0.4)
     assert config.prices["claude-new-1"].cache_read == pytest.approx(0.8)
     assert config.prices["claude-new-1"].cache_write_1h == pytest.approx(16.0)
+
+
+def test_the_budget_settings_and_their_errors() -> None:
+    config = parse_config(
+        {
+            "sessions": ["s1"],
+            "budget": {"daily_usd": 0, "monthly_usd": 250, "warn_at": [0.95, 0.5, 1]},
+        }
+    )
+    assert config.budget.daily_usd == 0.0  # a cap of 0: no API calls at all
+    assert config.budget.monthly_usd == 250.0
+    assert config.budget.warn_at == (0.5, 0.95, 1.0)
+    assert config.budget.timezone == "UTC" and config.cache_ttl == "auto"
+    assert parse_config({"sessions": ["s1"]}).budget.warn_at == (0.75, 0.95)
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            {
+                "sessions": ["s1"],
+                "budget": {
+                    "daily_usd": -1,
+                    "monthly_usd": "lots",
+                    "warn_at": [0, 1.5],
+                    "timezone": "Mars/Olympus",
+                    "weekly_usd": 3,
+                },
+                "cache_ttl": "10m",
+            }
+        )
+    keys = sorted(p.split(":")[0] for p in caught.value.problems)
+    assert keys == [
+        "budget.daily_usd",
+        "budget.monthly_usd",
+        "budget.timezone",
+        "budget.warn_at",
+        "budget.weekly_usd",
+        "cache_ttl",
+    ]
+    assert any("Europe/Paris" in p for p in caught.value.problems)  # an example of a name
