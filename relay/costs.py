@@ -495,10 +495,14 @@ def _share(value: float | None) -> float | None:
 
 
 def parse_date(value: str, flag: str) -> date:
-    """A --since/--until value (YYYY-MM-DD); ValueError with a one-line reason otherwise."""
+    """A --since/--until value: YYYY-MM-DD, or YYYYMMDD as ccusage takes it; ValueError
+    with a one-line reason otherwise."""
+    text = f"{value[:4]}-{value[4:6]}-{value[6:]}" if len(value) == 8 and value.isdigit() else value
     try:
-        if len(value) != 10:
+        if len(text) != 10:
             raise ValueError
-        return date.fromisoformat(value)
+        return date.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"{flag}: expected a date as YYYY-MM-DD, got {value!r}") from None
+        raise ValueError(
+            f"{flag}: expected a date as YYYY-MM-DD (or YYYYMMDD), got {value!r}"
+        ) from None

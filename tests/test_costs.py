@@ -413,8 +413,9 @@ def test_the_command_end_to_end(cfg_file: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--since", "2026-4-1"], "--since: expected a date as YYYY-MM-DD, got '2026-4-1'"),
-        (["--until", "2026-02-30"], "--until: expected a date as YYYY-MM-DD, got '2026-02-30'"),
+        (["--since", "2026-4-1"], "--since: expected a date as YYYY-MM-DD (or YYYYMMDD), got"),
+        (["--until", "2026-02-30"], "--until: expected a date as YYYY-MM-DD (or YYYYMMDD), got"),
+        (["--until", "20260230"], "got '20260230'"),
         (["--since", "2026-04-02", "--until", "2026-04-01"], "--since 2026-04-02 is after"),
         (["--by", "week"], "invalid choice: 'week'"),
     ],
@@ -425,6 +426,10 @@ def test_bad_arguments_exit_2_in_one_line(cfg_file: Path, args: list[str], messa
     (line,) = done.stderr.splitlines()
     assert line.startswith("relay: ") and message in line
     assert done.stdout == ""
+
+
+def test_dates_as_ccusage_takes_them() -> None:
+    assert costs.parse_date("20260401", "--since") == costs.parse_date("2026-04-01", "--since")
 
 
 def test_a_ledger_the_user_may_not_read_gives_the_operator_hint(
