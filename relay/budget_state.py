@@ -5,6 +5,7 @@ at a warning, a block, or a limit."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from relay import fsutil
 from relay.layout import PRIVATE_FILE_MODE
-from relay.ledger import iso, parse_iso
+from relay.ledger import iso
+from relay.records import parse_ts
 
 log = logging.getLogger(__name__)
 MAX_BYTES = 256 * 1024
@@ -42,7 +44,10 @@ def load(path: Path) -> BudgetState:
         raw = json.loads(fsutil.read_regular(path, MAX_BYTES))
         marks = frozenset(m for m in raw.get("marks", []) if isinstance(m, str))
         until_text = raw.get("workspace_until")
-        until = parse_iso(until_text) if isinstance(until_text, str) else None
+        until = None
+        if isinstance(until_text, str):
+            with contextlib.suppress(ValueError):  # a damaged date alone: no limit known
+                until = parse_ts(until_text)
         reason = raw.get("workspace_reason")
         pushed = raw.get("workspace_pushed")
         return BudgetState(

@@ -36,7 +36,7 @@ from typing import Literal
 
 from relay.config import Config
 from relay.conversation import Ttl, history_chars
-from relay.records import Record, Turn
+from relay.records import Record, Turn, parse_ts
 
 CallKind = Literal["turn", "summary"]
 
@@ -157,10 +157,9 @@ def share(gaps: Sequence[float], under: float) -> float:
 
 def _time(ts: str) -> datetime | None:
     try:
-        at = datetime.fromisoformat(ts)
+        return parse_ts(ts)
     except ValueError:
         return None
-    return _aware(at)
 
 
 def _aware(at: datetime) -> datetime:

@@ -15,14 +15,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 from zoneinfo import ZoneInfo
 
 from relay.config import Config
 from relay.prices import Price, price_for
-from relay.records import LedgerEntry, decode_ledger_entry
+from relay.records import LedgerEntry, decode_ledger_entry, parse_ts
 
 Grouping = Literal["day", "session", "model", "kind"]
 GROUPINGS: tuple[Grouping, ...] = ("day", "session", "model", "kind")
@@ -244,17 +244,6 @@ def numbered_lines(handle: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
             yield number, None
         else:
             yield number, raw
-
-
-def parse_ts(ts: str) -> datetime:
-    """The ledger's ISO time ("…Z"); a time without a zone is UTC, as relay writes them."""
-    try:
-        moment = datetime.fromisoformat(ts)
-    except ValueError:
-        raise ValueError(f"ts {ts!r} is not an ISO time") from None
-    if not 1 < moment.year < 9999:  # no zone may move it out of datetime's range
-        raise ValueError(f"ts {ts!r} is out of range")
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 # ---- pricing -----------------------------------------------------------------------------

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from relay.costs import decode_lines, numbered_lines, parse_ts
+from relay.costs import decode_lines, numbered_lines
 from relay.fsutil import write_all
 from relay.layout import OPERATOR_FILE_MODE
-from relay.records import LedgerEntry
+from relay.records import LedgerEntry, parse_ts
 
 
 def utc_now() -> datetime:
@@ -27,16 +27,6 @@ def utc_now() -> datetime:
 
 def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_iso(text: str) -> datetime | None:
-    """An aware datetime from what `iso` wrote (or any ISO 8601 time); None if it is not one.
-    A time without a zone is taken as UTC, the zone relay writes."""
-    try:
-        moment = datetime.fromisoformat(text)
-    except (TypeError, ValueError):
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 @dataclass

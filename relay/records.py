@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from relay.prices import Usage
@@ -209,6 +210,19 @@ USAGE_KEYS = (
     "cache_write_1h_tokens",
     "cache_read_tokens",
 )
+
+
+def parse_ts(ts: str) -> datetime:
+    """A time relay wrote (ledger.iso: "…Z"; the history's and budget.json's too) as an
+    aware datetime; a time without a zone is UTC, as relay writes them. ValueError if it
+    is not one."""
+    try:
+        moment = datetime.fromisoformat(ts)
+    except ValueError:
+        raise ValueError(f"ts {ts!r} is not an ISO time") from None
+    if not 1 < moment.year < 9999:  # no zone may move it out of datetime's range
+        raise ValueError(f"ts {ts!r} is out of range")
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def decode_ledger_entry(raw: Any) -> LedgerEntry:
