@@ -13,7 +13,7 @@ from relay.budget import Spend
 from relay.config import Config
 from relay.ledger import CostTotals, Ledger, iso
 from relay.log import event
-from relay.prices import cost_usd, price_for
+from relay.prices import call_price, cost_usd
 from relay.records import LedgerEntry, Sender
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,8 @@ class Accounting:
     ) -> float:
         """Price and record one answered call; returns its cost (0.0 for an unknown model)."""
         config = self.config
-        own = price_for(reply.model or config.model, config.prices)
-        # A model the table does not know is estimated at the configured model's price, and
-        # the entry says it is an estimate (price_known false).
-        price = own or price_for(config.model, config.prices)
+        # An estimate (another model's price) says so in the entry: price_known false.
+        price, known = call_price(reply.model, config.model, config.prices)
         cost = cost_usd(reply.usage, price) if price else 0.0
         now = self.wall()
         entry = LedgerEntry(
@@ -67,7 +65,7 @@ class Accounting:
             stop_reason=reply.stop_reason,
             usage=reply.usage,
             cost_usd=cost,
-            price_known=own is not None,
+            price_known=known,
         )
         try:
             self.ledger.record(entry.to_json())

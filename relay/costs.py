@@ -21,7 +21,7 @@ from typing import Any, BinaryIO, Literal
 from zoneinfo import ZoneInfo
 
 from relay.config import Config
-from relay.prices import Price, price_for
+from relay.prices import Price, call_price
 from relay.records import LedgerEntry, decode_ledger_entry, parse_ts
 
 Grouping = Literal["day", "session", "model", "kind"]
@@ -266,10 +266,10 @@ def saved_usd(entry: LedgerEntry, price: Price) -> float:
 def place(
     entry: LedgerEntry, zone: ZoneInfo, prices: Mapping[str, Price], default_model: str
 ) -> Priced:
-    """Put one entry on its day in `zone` and price what its cache saved. The price lookup
-    is accounting's: the reply's model, else the configured one."""
+    """Put one entry on its day in `zone` and price what its cache saved, with accounting's
+    price lookup."""
     day = parse_ts(entry.ts).astimezone(zone).date()
-    price = price_for(entry.model or default_model, prices) or price_for(default_model, prices)
+    price, _ = call_price(entry.model, default_model, prices)
     if price is None or not entry.price_known:
         return Priced(entry, day, 0.0, True)
     return Priced(entry, day, saved_usd(entry, price), False)

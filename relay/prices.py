@@ -97,6 +97,15 @@ def cost_usd(usage: Usage, price: Price) -> float:
     return round(total / 1_000_000, 8)
 
 
+def call_price(
+    model: str, configured: str, table: Mapping[str, Price]
+) -> tuple[Price | None, bool]:
+    """(the price of a call, whether it is the model's own): a model the table does not know
+    (an empty one: the configured model) is estimated at the configured model's price."""
+    own = price_for(model or configured, table)
+    return (own, True) if own is not None else (price_for(configured, table), False)
+
+
 def price_for(model: str, table: Mapping[str, Price]) -> Price | None:
     """Exact id first, then the longest known id that prefixes it (dated snapshots)."""
     if model in table:
