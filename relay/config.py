@@ -420,6 +420,17 @@ def _cache_ttl(raw: Mapping[str, Any], check: _Checker) -> str:
     return str(value)
 
 
+def _is_amount(value: Any) -> bool:
+    """A finite number >= 0 (USD, or USD per million tokens). YAML reads .nan and .inf as
+    floats and true as a bool, which is an int to Python: none of them is an amount."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
 def _budget(raw: Mapping[str, Any], check: _Checker) -> BudgetConfig:
     section = check.mapping(raw, "budget")
     check.unknown(section, {"daily_usd", "monthly_usd", "warn_at", "timezone"}, "budget.")
@@ -428,12 +439,7 @@ def _budget(raw: Mapping[str, Any], check: _Checker) -> BudgetConfig:
         value = section.get(name)
         if value is None:
             caps[name] = None
-        elif (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or value < 0
-        ):
+        elif not _is_amount(value):
             # 0 is a cap too: no API calls at all until it is raised.
             check.fail(f"budget.{name}", f"must be a number of USD >= 0 or null, got {value!r}")
             caps[name] = None
@@ -487,12 +493,7 @@ def _prices(raw: Mapping[str, Any], check: _Checker) -> dict[str, Price]:
             value = entry.get(name)
             if value is None:
                 continue
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value < 0
-            ):
+            if not _is_amount(value):
                 check.fail(f"{key}.{name}", f"must be a number >= 0, got {value!r}")
                 continue
             values[name] = float(value)
