@@ -109,10 +109,20 @@ class Warning:
 
 
 @dataclass(frozen=True)
+class Halt:
+    """Why no new API call may start: a cap reached (daily, monthly) or the workspace's
+    limit, when calls start again by themselves, and the sentence status.json shows."""
+
+    kind: Literal["daily", "monthly", "workspace"]
+    until: datetime
+    detail: str
+
+
+@dataclass(frozen=True)
 class Verdict:
     block: Block | None
     warnings: tuple[Warning, ...]  # new ones only: marks not in `seen`
-    marks: frozenset[str]  # every mark that is due now (the ones still current)
+    marks: frozenset[str]  # the marks to keep: the ones of the current periods, old and new
 
 
 def caps(config: BudgetConfig) -> list[tuple[Name, float]]:
@@ -127,7 +137,8 @@ def caps(config: BudgetConfig) -> list[tuple[Name, float]]:
 def judge(config: BudgetConfig, spend: Spend, now: datetime, seen: frozenset[str]) -> Verdict:
     """Given the caps, what was spent and the marks already acted on, return the block (if a
     cap is reached: the one that resets last, since nothing runs until both allow it) and
-    the warnings not yet pushed (per budget, only the highest fraction crossed)."""
+    the warnings not yet pushed (per budget, only the highest fraction crossed), and the
+    marks to remember: those of `seen` still in a current period, and the ones due now."""
     zone = config.zone
     blocks: list[Block] = []
     warnings: list[Warning] = []
@@ -135,6 +146,7 @@ def judge(config: BudgetConfig, spend: Spend, now: datetime, seen: frozenset[str
     for name, cap in caps(config):
         spent = spend.of(name)
         current = period(name, now, zone)
+        marks.update(m for m in seen if f":{current.label}:" in m)
         if spent >= cap:
             blocks.append(Block(name, cap, spent, current.end, current.label))
         crossed = [f for f in config.warn_at if spent >= f * cap]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -27,6 +27,11 @@ class BudgetState:
     workspace_until: datetime | None = None
     workspace_reason: str | None = None
     workspace_pushed: str | None = None  # the limit's end already pushed (ISO), once per date
+
+    def without_limit(self) -> BudgetState:
+        """The workspace limit forgotten (it has passed, or the operator says it was raised);
+        the date already pushed is kept, so the same refusal again is not pushed again."""
+        return replace(self, workspace_until=None, workspace_reason=None)
 
     def to_json(self) -> dict[str, object]:
         return {

@@ -149,7 +149,7 @@ class Engine:
         self.reporter = status_file.StatusWriter(layout.status, monotonic)
         self.budget = budget_state.BudgetState()  # pushes already sent; a workspace limit
         self.budget_block: budget.Block | None = None  # a cap reached, as of this tick
-        self.blocked_reason: str | None = None  # why no call may start, as of this tick
+        self.halt: budget.Halt | None = None  # why no call may start, as of this tick
         self.last_snapshot: Status | None = None  # the latest tick's
         self.last_reload: ReloadResult | None = None  # status.json's (relay/service.py)
 
@@ -766,35 +766,36 @@ class Engine:
         None. A call in flight is not affected: it finishes and is recorded. Judged once per
         tick (`_check_budget`): items judged against a moving clock could overtake each
         other at the very moment a limit ends."""
-        return self.blocked_reason
+        return self.halt.detail if self.halt is not None else None
 
-    def _blocked_now(self) -> str | None:
+    def _halt_now(self) -> budget.Halt | None:
+        """The workspace limit first (the API refuses everything), else a cap reached."""
         until = self.budget.workspace_until
         if until is not None and self.wall() < until:
-            return (
-                f"{self.budget.workspace_reason or 'the workspace API usage limit is reached'}; "
-                f"no API calls until {until:%Y-%m-%d %H:%M} UTC"
-            )
-        if self.budget_block is not None:
-            return self.budget_block.detail()
+            reason = self.budget.workspace_reason or "the workspace API usage limit is reached"
+            detail = f"{reason}; no API calls until {until:%Y-%m-%d %H:%M} UTC"
+            return budget.Halt("workspace", until, detail)
+        block = self.budget_block
+        if block is not None:
+            return budget.Halt(block.budget, block.resets_at, block.detail())
         return None
 
     def _budget_status(self) -> BudgetStatus:
-        caps = self.config.budget
-        blocked = resets = None
-        until = self.budget.workspace_until
-        if until is not None and self.wall() < until:
-            blocked, resets = "workspace", iso(until)
-        elif self.budget_block is not None:
-            blocked, resets = self.budget_block.budget, iso(self.budget_block.resets_at)
-        return BudgetStatus(caps.daily_usd, caps.monthly_usd, caps.timezone, blocked, resets)
+        caps, halt = self.config.budget, self.halt
+        return BudgetStatus(
+            caps.daily_usd,
+            caps.monthly_usd,
+            caps.timezone,
+            halt.kind if halt is not None else None,
+            iso(halt.until) if halt is not None else None,
+        )
 
     def _budget_reconfigured(self) -> None:
         """A reload is the operator's "go on": a raised cap applies at once, and a workspace
         limit is taken as raised in the Console (if it is not, the next call says so)."""
         if self.budget.workspace_until is not None:
             log.info("reload: trying the API again despite the workspace limit")
-            self._save_budget(replace(self.budget, workspace_until=None, workspace_reason=None))
+            self._save_budget(self.budget.without_limit())
         self._check_budget()
 
     def _check_budget(self) -> None:
@@ -803,7 +804,7 @@ class Engine:
         now = self.wall()
         if self.budget.workspace_until is not None and now >= self.budget.workspace_until:
             log.info("the workspace API usage limit has passed; API calls resume")
-            self._save_budget(replace(self.budget, workspace_until=None, workspace_reason=None))
+            self._save_budget(self.budget.without_limit())
         verdict = budget.judge(self.config.budget, self.accounts.spend(), now, self.budget.marks)
         for warning in verdict.warnings:
             event(log, "budget_warning", "%s", warning.text(), level=logging.WARNING)
@@ -830,16 +831,9 @@ class Engine:
         elif block is None and self.budget_block is not None:
             event(log, "budget_resumed", "within budget again; API calls resume")
         self.budget_block = block
-        self.blocked_reason = self._blocked_now()
-        current = {
-            p.label
-            for name, _ in budget.caps(self.config.budget)
-            for p in [budget.period(name, now, self.config.budget.zone)]
-        }
-        kept = {m for m in self.budget.marks if any(f":{label}:" in m for label in current)}
-        marks = frozenset(kept | verdict.marks)
-        if marks != self.budget.marks:
-            self._save_budget(replace(self.budget, marks=marks))
+        self.halt = self._halt_now()
+        if verdict.marks != self.budget.marks:
+            self._save_budget(replace(self.budget, marks=verdict.marks))
 
     def _save_budget(self, state: budget_state.BudgetState) -> None:
         self.budget = state
@@ -863,7 +857,7 @@ class Engine:
                 workspace_pushed=iso(until),
             )
         )
-        self.blocked_reason = self._blocked_now()
+        self.halt = self._halt_now()
         event(
             log,
             "api_error",

@@ -31,7 +31,7 @@ def iso(moment: datetime) -> str:
 
 @dataclass
 class CostTotals:
-    """Spend in the current day and month (in the budget's zone) and in all."""
+    """Spend in the current day and month (in the budget's zone)."""
 
     zone: ZoneInfo
     day: str = ""  # 2026-12-02, local to `zone`
@@ -39,7 +39,6 @@ class CostTotals:
     today_usd: float = 0.0
     calls_today: int = 0
     month_usd: float = 0.0
-    total_usd: float = 0.0
 
     def roll(self, now: datetime) -> None:
         local = now.astimezone(self.zone)
@@ -50,15 +49,14 @@ class CostTotals:
             self.month, self.month_usd = month, 0.0
 
     def add(self, moment: datetime, cost: float) -> None:
-        """Count one call made at `moment`; calls before the current period (an old ledger
-        line) count in the total only."""
+        """Count one call made at `moment`; a call before the current day or month (an old
+        ledger line) counts in neither."""
         local = moment.astimezone(self.zone)
         if local.strftime("%Y-%m-%d") == self.day:
             self.today_usd += cost
             self.calls_today += 1
         if local.strftime("%Y-%m") == self.month:
             self.month_usd += cost
-        self.total_usd += cost
 
 
 class Ledger:
