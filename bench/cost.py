@@ -23,18 +23,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from relay.api import AnthropicApi, ApiReply, MessagesApi
+from relay import costs
+from relay.api import AnthropicApi
 from relay.cache_policy import CachePlan, CachePolicy, CallKind, configured
 from relay.config import AnthropicConfig, Config
 from relay.engine import Engine
 from relay.layout import Layout
 from relay.ntfy import Notifier, Push
-from relay.prices import DEFAULT_PRICES, Usage, cost_usd, price_for
 from relay.records import Record
 from relay.spool import envelope_key, operator_key
 from tests.standin.api import Action, Reply, StandinAPI
@@ -162,28 +162,6 @@ class QuietNotifier(Notifier):
         self.pushes.append(push)
 
 
-@dataclass
-class Recorder:
-    """The real SDK client, keeping every reply's usage."""
-
-    inner: MessagesApi
-    usages: list[Usage] = field(default_factory=list)
-
-    def create(
-        self,
-        *,
-        model: str,
-        max_tokens: int,
-        system: list[dict[str, Any]],
-        messages: list[dict[str, Any]],
-    ) -> ApiReply:
-        reply = self.inner.create(
-            model=model, max_tokens=max_tokens, system=system, messages=messages
-        )
-        self.usages.append(reply.usage)
-        return reply
-
-
 @dataclass(frozen=True)
 class Result:
     pattern: str
@@ -224,12 +202,12 @@ def run(pattern: str, strategy: str, steps: Sequence[Step], system_prompt: str) 
             anthropic=AnthropicConfig(base_url=api.url),
             cache_ttl=mode,
         )
-        recorder = Recorder(AnthropicApi("sk-bench", api.url, 60.0))
+        client = AnthropicApi("sk-bench", api.url, 60.0)
         layout = Layout(config.data_dir)
         engine = Engine(
             config,
             layout,
-            lambda key, cfg: recorder,
+            lambda key, cfg: client,
             QuietNotifier(),
             environ={"ANTHROPIC_API_KEY": "sk-bench"},
             monotonic=clock,
@@ -247,15 +225,11 @@ def run(pattern: str, strategy: str, steps: Sequence[Step], system_prompt: str) 
         refused = [c.status for c in api.message_calls() if c.status != 200]
         if refused:
             raise SystemExit(f"{pattern} / {strategy}: the stand-in refused {refused}")
-    price = price_for(MODEL, DEFAULT_PRICES)
-    assert price is not None
-    usd = sum(cost_usd(u, price) for u in recorder.usages)
-    read = sum(u.cache_read_tokens for u in recorder.usages)
-    total = sum(
-        u.input_tokens + u.cache_read_tokens + u.cache_write_tokens + u.cache_write_1h_tokens
-        for u in recorder.usages
-    )
-    return Result(pattern, strategy, len(recorder.usages), usd, read / total if total else 0.0)
+        # The bill is what relay itself recorded and reports (`relay costs`): each call's
+        # usage as the API reported it, priced by relay's table.
+        total = costs.read_ledger(layout.ledger, costs.Query(), config, clock.wall()).total
+    share = total.cache_read_share or 0.0
+    return Result(pattern, strategy, total.calls, total.cost_usd, share)
 
 
 def submit(layout: Layout, serial: int, step: Step) -> None:
