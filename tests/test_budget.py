@@ -203,12 +203,22 @@ def drain(engine: Engine, layout: Layout, session: str = "session-1") -> list[st
     return got
 
 
-def test_warn_once_then_block_at_the_cap(world: World) -> None:
-    _, layout, api, _, _, notifier = world
-    engine = start(world)
-    for serial in (1, 2, 3, 4):
+def drain_all(world: World, engine: Engine, count: int) -> list[str]:
+    """`count` envelopes from session-1, answered as far as the budget lets them."""
+    for serial in range(1, count + 1):
         answer(world, serial)
-    answered = drain(engine, layout)
+    return drain(engine, world[1])
+
+
+def over_the_cap(world: World, engine: Engine) -> list[str]:
+    """Four envelopes: three calls of $0.10 reach the $0.30 cap, the fourth waits."""
+    return drain_all(world, engine, 4)
+
+
+def test_warn_once_then_block_at_the_cap(world: World) -> None:
+    _, _layout, api, _, _, notifier = world
+    engine = start(world)
+    answered = over_the_cap(world, engine)
     # Three calls of $0.10 reach the $0.30 cap; the fourth envelope waits.
     assert [a.split()[-1] for a in answered] == ["1", "2", "3"]
     assert len(api.calls) == 3
@@ -234,9 +244,7 @@ def test_warn_once_then_block_at_the_cap(world: World) -> None:
 def test_a_direct_operator_message_passes_the_block(world: World) -> None:
     _, layout, api, _, _, _ = world
     engine = start(world)
-    for serial in (1, 2, 3, 4):
-        answer(world, serial)
-    drain(engine, layout)
+    over_the_cap(world, engine)
     assert engine.status()["state"] == "blocked"
     # An operator turn (needs the API) first, then a direct message behind it.
     (layout.inbox / operator_key(1)).write_text("what next?")
@@ -251,9 +259,7 @@ def test_a_direct_operator_message_passes_the_block(world: World) -> None:
 def test_work_resumes_at_the_boundary_in_the_configured_zone(world: World) -> None:
     _, layout, api, _, wall, _notifier = world
     engine = start(world)
-    for serial in (1, 2, 3, 4):
-        answer(world, serial)
-    drain(engine, layout)
+    over_the_cap(world, engine)
     assert len(api.calls) == 3
     wall.now += timedelta(minutes=59)  # 23:59 in Paris: still the same day
     run(engine, 3)
@@ -268,9 +274,7 @@ def test_work_resumes_at_the_boundary_in_the_configured_zone(world: World) -> No
 def test_raising_the_cap_on_reload_resumes_at_once(world: World) -> None:
     config, layout, api, _, _, _notifier = world
     engine = start(world)
-    for serial in (1, 2, 3, 4):
-        answer(world, serial)
-    drain(engine, layout)
+    over_the_cap(world, engine)
     assert len(api.calls) == 3
     engine.reconfigure(replace(config, budget=replace(config.budget, daily_usd=1.0)))
     assert drain(engine, layout) == ["re: [from session-1]\nhi 4"]
@@ -279,11 +283,9 @@ def test_raising_the_cap_on_reload_resumes_at_once(world: World) -> None:
 
 
 def test_a_restart_does_not_push_the_same_warning_or_block_again(world: World) -> None:
-    _, layout, api, _, _, notifier = world
+    _, _layout, api, _, _, notifier = world
     engine = start(world)
-    for serial in (1, 2, 3, 4):
-        answer(world, serial)
-    drain(engine, layout)
+    over_the_cap(world, engine)
     engine.close()
     pushed = len(notifier.pushes)
     again = start(world)  # the totals come back from the ledger
@@ -382,9 +384,7 @@ def test_the_same_workspace_limit_is_pushed_once_however_often_a_reload_retries(
 def test_an_answer_from_the_phone_held_by_a_budget_says_so(world: World) -> None:
     _, layout, api, _, _, notifier = world
     engine = start(world)
-    for serial in (1, 2, 3):
-        answer(world, serial)
-    drain(engine, layout)
+    drain_all(world, engine, 3)
     assert engine.status()["state"] == "blocked"
     handover = answers.Handover("ntfy-1", None, "go ahead")
     (layout.inbox / operator_key(1)).write_text(handover.encode())
